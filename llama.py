@@ -155,7 +155,7 @@ class Attention(nn.Module):
         if mask is None:  # no padding and no cached prefix: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, T, S): 0 or -inf
         return self.wo(y.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, dim)
 
 
@@ -218,7 +218,9 @@ class LLaMA(nn.Module):
             causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start)  # (T, S)
             self_ = torch.zeros(T, S, dtype=torch.bool, device=x.device)
             self_[torch.arange(T), start + torch.arange(T)] = True  # a padding query sees itself: no all-masked row
-            mask = ((causal & keys_real[:, None, :]) | self_)[:, None]  # (B, 1, T, S)
+            allowed = ((causal & keys_real[:, None, :]) | self_)[:, None]  # (B, 1, T, S)
+            # an additive float mask: on CPU, SDPA with a boolean mask takes a path ~20x slower for one query
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, -math.inf)
         cos, sin = rope(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for i, layer in enumerate(self.layers):
             if self.grad_checkpointing and self.training and cache is None:

@@ -1,0 +1,131 @@
+"""llama.py vs transformers on the same SmolLM2 weights, in one run: prefill, decode, forward+backward, load memory.
+
+    python bench/bench_llama.py            # CPU: SmolLM2-135M fp32
+    python bench/bench_llama.py --gpu7b    # adds a 7B-shaped bf16 decode on a GPU (random weights), if one is present
+
+Medians of --reps repetitions; ratios are ours / theirs in speed (higher is better for us).
+"""
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llama import LLaMA, LLaMAConfig, smollm2  # noqa: E402
+
+
+def median_time(fn, reps):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def load_rss(path, which):
+    """Peak resident memory of a fresh process that imports torch, then loads the model (our loader or HF's)."""
+    code = f"""
+import resource, sys, torch
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from llama import LLaMA
+import transformers
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after the imports: count the loading alone
+if {which!r} == "ours":
+    m = LLaMA.from_pretrained({path!r})
+else:
+    m = transformers.AutoModelForCausalLM.from_pretrained({path!r}, dtype=torch.float32)
+touched = sum(float(p.sum()) for p in m.parameters())  # fault in every page (a lazily mapped file is not loaded)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return (int(out[-1]) - int(out[-2])) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gpu7b", action="store_true")
+    args = p.parse_args()
+    import transformers
+    path = smollm2()
+    torch.manual_seed(0)
+    ours = LLaMA.from_pretrained(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
+    V = ours.cfg.vocab_size
+    print(f"SmolLM2-135M fp32, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"{torch.get_num_threads()} threads, median of {args.reps}")
+    rows = []
+
+    prompt = torch.randint(100, V, (1, args.prompt_len))
+    with torch.no_grad():
+        t_o = median_time(lambda: ours(prompt, last_only=True), args.reps)
+        t_h = median_time(lambda: hf(input_ids=prompt, logits_to_keep=1), args.reps)
+    rows.append(("prefill tok/s (B=1, T=%d)" % args.prompt_len, args.prompt_len / t_o, args.prompt_len / t_h))
+
+    n = args.new_tokens
+    short = prompt[:, :16]
+    a = ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1)[0]
+    b = hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, 16:].tolist()
+    same = sum(x == y for x, y in zip(a, b))
+    t_o = median_time(lambda: ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1), args.reps)
+    t_h = median_time(lambda: hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False), args.reps)
+    rows.append((f"decode tok/s (B=1, {n} new, incl. 16-token prefill)", n / t_o, n / t_h))
+
+    embeds = torch.randn(16, 48, ours.cfg.dim) * 0.05
+    w = torch.randn(16, 48, V) / V
+
+    def fb(model, is_hf):
+        e = embeds.clone().requires_grad_()
+        logits = model(inputs_embeds=e).logits if is_hf else model(embeds=e)
+        (logits * w).sum().backward()
+        return e.grad
+
+    with torch.no_grad():
+        t_o = median_time(lambda: ours(embeds=embeds), args.reps)
+        t_h = median_time(lambda: hf(inputs_embeds=embeds), args.reps)
+    rows.append(("forward s (B=16, T=48, embeds in) [time: lower is better]", t_o, t_h))
+    t_o = median_time(lambda: fb(ours, False), args.reps)
+    t_h = median_time(lambda: fb(hf, True), args.reps)
+    rows.append(("forward+backward s (B=16, T=48, grads to inputs) [time]", t_o, t_h))
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    rss_o, rss_h = load_rss(path, "ours"), load_rss(path, "hf")
+    rows.append(("load: peak RSS / weight bytes [lower is better]", rss_o / weight_bytes, rss_h / weight_bytes))
+
+    print(f"{'measure':60s} {'ours':>10s} {'transformers':>13s} {'ours vs theirs':>15s}")
+    for name, o, h in rows:
+        speedup = (h / o) if ("[" in name) else (o / h)  # both > 0: each is a measured time, rate or ratio
+        print(f"{name:60s} {o:10.3f} {h:13.3f} {speedup:14.2f}x")
+    print(f"greedy decode: {same}/{n} tokens identical between ours and transformers")
+    print(f"weights: {weight_bytes / 2**20:.0f} MiB")
+
+    if args.gpu7b:
+        if not torch.cuda.is_available():
+            print("GPU part did not run: no CUDA device on this machine")
+            return
+        cfg = LLaMAConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, hidden_dim=11008, vocab_size=32000,
+                          tie_embeddings=False)
+        with torch.device("cuda"):
+            m = LLaMA(cfg).to(torch.bfloat16).eval().requires_grad_(False)
+        nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
+        m.generate([[1] * 16], max_new_tokens=8, eos_id=-1)
+        torch.cuda.synchronize()
+        t = median_time(lambda: (m.generate([[1] * 16], max_new_tokens=n, eos_id=-1), torch.cuda.synchronize()),
+                        args.reps)
+        bw = 3.35e12 if "H100" in torch.cuda.get_device_name() else float("nan")
+        print(f"7B-shaped bf16 decode on {torch.cuda.get_device_name()}: {n / t:.1f} tok/s; the bandwidth floor "
+              f"({nbytes / 1e9:.1f} GB of weights per token at {bw / 1e12:.2f} TB/s) allows {bw / nbytes:.1f} tok/s")
+    else:
+        print("GPU part did not run (pass --gpu7b on a machine with a GPU)")
+
+
+if __name__ == "__main__":
+    main()
