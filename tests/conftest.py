@@ -6,7 +6,11 @@ is imported, which is why it happens here, at collection time, and not inside a 
 import os
 import sys
 
-import torch
+# The Triton interpreter runs each tile op through numpy; a multithreaded BLAS on a busy 2-core machine slows each
+# interpreted tl.dot by orders of magnitude. Set before numpy/torch load their BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
