@@ -25,6 +25,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import mmd
 
 
 @dataclass
@@ -405,6 +409,70 @@ def load_vocab(path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sec. 3.3 continues (added by the lead, issue 6): word-token embeddings composed from their characters' embeddings
-# through VQ-Sign's autoregressive model g, the projection f (two linear layers with ReLU) into the LLM's width, the
-# sign-text MMD loss of Eq. 6 at the character and word levels, and the `train.py --stage cra` loop.
+# 6. word-level sign tokens through g, the projection f, and the sign-text alignment (Eq. 6)
+
+
+class Projection(nn.Module):
+    """f: two fully connected layers with a ReLU (Sec. 4.1), from the codebook space (d) to the LLM's width."""
+
+    def __init__(self, d, hidden, d_llm):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, hidden), nn.Linear(hidden, d_llm)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def median_sigmas(q, scales=(0.5, 1.0, 2.0)):
+    """RBF bandwidths for Eq. 6 by the median heuristic (Gretton et al. 2012): the median pairwise distance of the
+    text embeddings, times a few scales. The paper names "the radial kernel" without a bandwidth: our choice."""
+    q = q.detach().double()
+    dist = torch.cdist(q, q)[torch.triu_indices(len(q), len(q), 1).unbind()]  # (n(n-1)/2,) pairwise distances
+    return [float(dist.median()) * s for s in scales]
+
+
+class SignTokens(nn.Module):
+    """The learned side of CRA: the slow token s0, the word codebook S^w composed through g, the projection f, and
+    L_MMD. The vocabulary (word id -> character ids, from `search`) is fixed; word ids 0..M are single characters."""
+
+    def __init__(self, vocab, freqs, n_chars, d, d_llm, hidden, text_ids=(), sigmas=()):
+        super().__init__()
+        if [tuple(w) for w in vocab[: n_chars + 1]] != [(c,) for c in range(n_chars + 1)]:
+            raise ValueError(f"vocabulary must start with the {n_chars + 1} single characters (ids 0..{n_chars})")
+        self.n_chars, self.vocab, self.trie = n_chars, [tuple(w) for w in vocab], build_trie(vocab)
+        L = max(len(w) for w in vocab)
+        word_chars = torch.tensor([list(w) + [0] * (L - len(w)) for w in vocab])  # (n_words, L), 0-padded
+        self.register_buffer("word_chars", word_chars)
+        self.register_buffer("word_len", torch.tensor([len(w) for w in vocab]))
+        self.register_buffer("used", torch.tensor([n > 0 for n in freqs]))  # tokens seen in training: MMD's sample
+        self.register_buffer("text_ids", torch.tensor(list(text_ids), dtype=torch.long))  # text tokens of Eq. 6
+        self.register_buffer("sigmas", torch.tensor(list(sigmas), dtype=torch.float64))
+        self.s0 = nn.Parameter(torch.randn(d) * 0.1)  # the slow token's own embedding
+        self.f = Projection(d, hidden, d_llm)
+
+    def sentence(self, chars):
+        """A video's character tokens -> its word ids: repeat pre-processing (s0), then longest-match segmentation."""
+        return _longest_match(preprocess(chars, self.n_chars), self.trie) if chars else []
+
+    def char_table(self, codebook):
+        return torch.cat([codebook, self.s0[None].to(codebook.dtype)])  # (M + 1, d): s_1..s_M and s0
+
+    def word_table(self, codebook, g):
+        """S^w (n_words, d): each word's character embeddings run through g (Sec. 3.3: "composing all features of the
+        character-level tokens into the word-level tokens via our autoregressive model g"); the word's embedding is
+        the context after its last character. A single-character word is g of that one character."""
+        x = self.char_table(codebook)[self.word_chars]  # (n_words, L, d)
+        mask = torch.arange(x.shape[1], device=x.device) < self.word_len[:, None]  # (n_words, L)
+        c = g(x, mask)  # (n_words, L, d)
+        return c[torch.arange(len(c), device=x.device), self.word_len - 1]  # (n_words, d)
+
+    def mmd_loss(self, codebook, g, text_embeddings):
+        """Eq. 6 at both levels: MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training,
+        against the LLM's input embeddings of the text tokens of the training translations."""
+        if self.text_ids.numel() == 0 or self.sigmas.numel() == 0:
+            raise ValueError("SignTokens has no text_ids / sigmas: they are set by the cra stage")
+        q = text_embeddings[self.text_ids].float()  # (n_t, d_llm), the frozen LLM's: no gradient
+        sig = self.sigmas.tolist()
+        chars = self.f(self.char_table(codebook)[self.used[: self.n_chars + 1]].float())  # (n_c, d_llm)
+        words = self.f(self.word_table(codebook, g)[self.used].float())  # (n_w, d_llm)
+        return mmd(chars, q, sig) + mmd(words, q, sig)

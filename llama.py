@@ -193,11 +193,12 @@ class LLaMA(nn.Module):
             self.lm_head.weight = self.tok_embeddings.weight
         self.grad_checkpointing = False  # recompute block activations in backward (memory for a 7B model)
 
-    def forward(self, tokens=None, embeds=None, attn_mask=None, cache=None, last_only=False):
+    def forward(self, tokens=None, embeds=None, attn_mask=None, cache=None, last_only=False, hidden=False):
         """Logits (B, T, V) for token ids (B, T) or input embeddings (B, T, dim).
 
         attn_mask (B, T) bool marks real positions (False = padding; left padding for generation). With a cache,
-        the new positions are appended after cache.len and attend to everything real before them."""
+        the new positions are appended after cache.len and attend to everything real before them. hidden=True
+        returns the final normalised states (B, T, dim) instead, for a caller that needs logits at a few positions."""
         if (tokens is None) == (embeds is None):
             raise ValueError("give exactly one of tokens or embeds")
         x = self.tok_embeddings(tokens) if tokens is not None else embeds.to(self.lm_head.weight.dtype)
@@ -231,7 +232,7 @@ class LLaMA(nn.Module):
             cache.len += T
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))  # (B, T, V)
+        return self.norm(x) if hidden else self.lm_head(self.norm(x))  # (B, T, dim) or (B, T, V)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation: left-padded prompts, a static KV cache, greedy (beams=1) or beam search.
