@@ -1,0 +1,98 @@
+"""Tests of train.py: --key=value parsing with type checks, checkpoints (atomic files, every tensor accounted for, a
+corrupt file refused) and --resume, which must give the losses of an uninterrupted run exactly (CPU)."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import data
+import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # train.main(--threads=1) sets it for the process
+
+
+def test_parse_args_types_presets_and_errors():
+    cfg = train.parse_args(["--stage", "vq", "--vq.d=48", "--vq_lr=1", "--resume", "--data.image_size", "40"])
+    assert cfg.vq.d == 48 and cfg.vq_lr == 1.0 and isinstance(cfg.vq_lr, float) and cfg.resume is True
+    assert cfg.data.image_size == 40  # the command line beats the preset (synthetic: 32)
+    assert train.parse_args([]).data.image_size == train.PRESETS["synthetic"]["data.image_size"]
+    p = train.parse_args(["--preset=phoenix"])
+    assert p.data.image_size == 224 and p.vq.d == 1024 and p.vq.M == 256 and p.vq.width == 64  # the paper's
+    for argv, msg in ((["--vq.d=abc"], "vq.d takes a int"), (["--vq.dd=3"], "did you mean vq.d"),
+                      (["--resume=maybe"], "resume takes a bool"), (["--preset=nope"], "unknown preset"),
+                      (["--stage=nope"], "unknown stage"), (["vq"], "expected --key=value"),
+                      (["--vq.gamma=x"], "vq.gamma takes a float")):
+        with pytest.raises(SystemExit, match=msg):
+            train.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("d") / "synthetic")
+    data.make_synthetic(root, seed=5, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
+    return root
+
+
+def args(root, out, *more):
+    return ["--stage", "vq", f"--data.root={root}", f"--out_dir={out}", "--vq.width=4", "--vq.d=16", "--vq.M=8",
+            "--vq_batch_size=5", "--vq_max_steps=6", "--vq_ckpt_every=2", "--vq_eval_every=3", "--vq_warmup=2",
+            "--vq.reseed_every=2", "--num_workers=0", "--threads=1", "--log_every=100", *more]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_gives_the_same_losses(tiny, tmp_path, monkeypatch):
+    full = train.main(args(tiny, tmp_path / "a"))  # 12 videos / 5 = 3 steps per epoch: the resume crosses epochs
+    assert [m["step"] for m in full] == list(range(1, 7))
+    real = train.save_checkpoint
+
+    def save_then_die(out, tag, model, opt, names, state, cfg):
+        path = real(out, tag, model, opt, names, state, cfg)
+        if tag == "ckpt" and state["step"] == 2:
+            raise Interrupt
+        return path
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupt):
+        train.main(args(tiny, tmp_path / "b"))
+    monkeypatch.undo()
+    rest = train.main(args(tiny, tmp_path / "b", "--resume"))
+    assert [m["step"] for m in rest] == list(range(3, 7))
+    for a, b in zip(full[2:], rest):
+        assert {k: v for k, v in a.items() if k != "dt"} == {k: v for k, v in b.items() if k != "dt"}, (a, b)
+    # the log of the resumed run holds each step once; only complete, current checkpoints remain
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "vq" / "log.jsonl")]
+    assert steps == list(range(1, 7))
+    left = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "b" / "vq" / "*")))
+    assert left[-3:] == ["ckpt-0000006.json", "ckpt-0000006.safetensors", "log.jsonl"] and not any(".tmp" in f for f in left)
+    assert all(f.startswith("best-") for f in left[:-3]) and len(left) == 5
+
+
+def test_checkpoint_contents_and_refusals(tiny, tmp_path):
+    train.main(args(tiny, tmp_path, "--vq_max_steps=2"))
+    out = tmp_path / "vq"
+    meta = json.load(open(out / "ckpt-0000002.json"))
+    t = load_file(str(out / meta["weights"]))
+    model = train.VQSign(train.VQConfig(width=4, d=16, M=8))
+    assert {k[6:] for k in t if k.startswith("model.")} == set(model.state_dict())
+    trainable = {n for n, p in model.named_parameters()}
+    assert {k[6:].rsplit(".", 1)[0] for k in t if k.startswith("optim.")} == trainable == set(meta["adam_steps"])
+    assert t["rng.torch"].dtype == torch.uint8 and meta["step"] == 2 and meta["config"]["vq"]["d"] == 16
+    assert all(v == 2.0 for v in meta["adam_steps"].values())
+    with pytest.raises(SystemExit, match="holds checkpoints"):  # no silent overwrite
+        train.main(args(tiny, tmp_path, "--vq_max_steps=2"))
+    t["model.codebook"] = t["model.codebook"] + 1  # a changed weight file: the sha256 in the JSON catches it
+    save_file(t, str(out / meta["weights"]))
+    with pytest.raises(SystemExit, match="sha256"):
+        train.main(args(tiny, tmp_path, "--resume"))
+    with pytest.raises(SystemExit, match="no ckpt checkpoint"):
+        train.main(args(tiny, tmp_path / "empty", "--resume"))

@@ -1,0 +1,648 @@
+"""Training of SignLLM (Sec. 3.4), nanoGPT-style: the defaults are one dataclass below, presets are plain dicts, and any
+field is overridden on the command line with --key=value (nested configs: --vq.d=128, --data.image_size=32).
+
+    python train.py --stage vq                      # synthetic default: writes data/synthetic if missing, trains VQ-Sign
+    python train.py --stage vq --resume             # continue out/vq/ from its latest checkpoint, exactly
+    python train.py --stage vq --preset=phoenix --data.root=/data/PHOENIX-2014-T --vq.resnet_weights=resnet18.pth
+
+Stages: vq (Sec. 3.4 (i), pre-training VQ-Sign with L_VQ of Eq. 2). A stage is a function in STAGES; they share the
+loop (`fit`), the data helpers and the checkpoints. A checkpoint is out/<stage>/<tag>-<step>.safetensors (model
+weights, Adam moments, torch RNG) plus <tag>-<step>.json (config, step, Python/numpy RNG, Adam step counts, the
+safetensors file's sha256); each is written to a temp file, fsynced and renamed, the JSON last, and older
+checkpoints are deleted only once the new one is complete. Data order and augmentation are functions of (seed,
+epoch, index), so a resumed run sees the batches an uninterrupted one would.
+"""
+import dataclasses, difflib, glob, hashlib, json, math, os, random, sys, time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import cra
+import data
+import metrics
+from cra import CRAConfig
+from data import DataConfig
+from llama import LLaMA, Tokenizer, smollm2
+from signllm import SignLLM, SignLLMConfig
+from vq import VQConfig, VQSign, codebook_usage, token_alignment
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "all"            # vq | cra | ft | eval | all (vq -> cra -> ft -> eval)
+    preset: str = "synthetic"
+    out_dir: str = "out"          # stage s writes out_dir/s/
+    resume: bool = False          # continue from out_dir/<stage>/ckpt-*.json
+    overwrite: bool = False       # start afresh even if out_dir/<stage>/ holds checkpoints (they are deleted)
+    seed: int = 1337
+    device: str = "auto"          # auto: cuda if available, else cpu
+    num_workers: int = 1          # DataLoader processes (0: load in the main process)
+    threads: int = 0              # torch CPU threads (0: torch's default); 1 is far faster on a CPU shared with others
+    make_synthetic: bool = True   # preset synthetic: generate data.root if it is missing
+    synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
+    log_every: int = 1            # one log line every this many steps
+    # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
+    vq_lr: float = 0.01           # Adam (Sec. 4.1)
+    vq_min_lr: float = 0.0005     # cosine decay to this after warm-up (our choice: the paper gives only the initial lr)
+    vq_warmup: int = 50           # linear warm-up steps (ours)
+    vq_epochs: int = 200          # Sec. 4.1
+    vq_max_steps: int = 0         # > 0: train this many steps instead of vq_epochs
+    vq_batch_size: int = 2        # videos per batch (the paper does not say)
+    vq_grad_clip: float = 1.0     # global gradient norm clip (0: off)
+    vq_eval_every: int = 1000     # steps between dev evaluations (and at the end)
+    vq_ckpt_every: int = 1000     # steps between checkpoints (and at the end)
+    # stage cra: the word codebook search (Sec. 3.3), then f and s0 trained with L_MMD (Eq. 6)
+    llm: str = ""                 # a Hugging Face LLaMA folder; "" = the embedded SmolLM2-135M-Instruct
+    cra_hidden: int = 1024        # width of f's hidden layer (the paper: "two fc-layers with ReLU", no width given)
+    cra_lr: float = 0.001
+    cra_steps: int = 200          # Adam steps on L_MMD (our choice: the paper gives no schedule for this sub-stage)
+    # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
+    ft_lr: float = 0.001          # Sec. 4.1
+    ft_min_lr: float = 0.0001     # cosine decay (ours)
+    ft_warmup: int = 20
+    ft_epochs: int = 20           # Sec. 4.1
+    ft_max_steps: int = 0         # > 0: this many steps instead of ft_epochs
+    ft_batch_size: int = 8
+    ft_grad_clip: float = 1.0
+    ft_eval_every: int = 1000     # steps between dev BLEU evaluations (real generation) and checkpoints
+    eval_beams: int = 4           # beam size of the final evaluation (dev evaluations during ft are greedy)
+    data: DataConfig = field(default_factory=DataConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    cra: CRAConfig = field(default_factory=CRAConfig)
+    signllm: SignLLMConfig = field(default_factory=SignLLMConfig)
+
+
+PRESETS = {
+    # CPU demo, ~8 min for the vq stage on 2 cores: 32x32 frames and a width-16 ResNet18 (see notes/README for why)
+    "synthetic": {"data.root": "data/synthetic", "data.image_size": 32, "vq.width": 16, "vq.d": 128, "vq.M": 64,
+                  "vq_batch_size": 8, "vq_max_steps": 400, "vq_warmup": 20, "vq_eval_every": 100,
+                  "vq_ckpt_every": 100, "vq.reseed_every": 10,
+                  "cra_hidden": 512, "ft_batch_size": 8, "ft_max_steps": 300, "ft_eval_every": 100},
+    # the paper's configuration (Sec. 4.1): 224x224 frames, ResNet18 width 64 (ImageNet weights via
+    # --vq.resnet_weights), d = 1024, M = 256, 200 epochs
+    "phoenix": {"data.root": "data/PHOENIX-2014-T", "data.image_size": 224, "make_synthetic": False},
+    "csl": {"data.root": "data/CSL-Daily", "data.image_size": 224, "make_synthetic": False},
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configuration: defaults <- preset <- --key=value
+
+def _fields(obj, prefix=""):
+    """{'vq.d': (object holding it, 'd', type)} for every leaf field of a (nested) config dataclass."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_fields(v, prefix + f.name + "."))
+        else:
+            out[prefix + f.name] = (obj, f.name, type(v))
+    return out
+
+
+def _set(cfg, key, value, source):
+    leaves = _fields(cfg)
+    if key not in leaves:
+        close = difflib.get_close_matches(key, leaves, n=3)
+        raise SystemExit(f"{source}: unknown config key {key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    obj, name, typ = leaves[key]
+    if isinstance(value, str) and typ is not str:
+        low = value.lower()
+        if typ is bool:
+            if low not in ("1", "true", "yes", "0", "false", "no"):
+                raise SystemExit(f"{source}: {key} takes a bool (true/false), got {value!r}")
+            value = low in ("1", "true", "yes")
+        else:
+            try:
+                value = typ(value)  # int('1.5') and float('x') raise
+            except ValueError:
+                raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}") from None
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        if not (typ is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}")
+        value = float(value)
+    setattr(obj, name, value)
+
+
+def parse_args(argv):
+    """--key=value or --key value; a bare --flag sets a bool field to true. The preset applies before the others."""
+    pairs, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise SystemExit(f"argument {a!r}: expected --key=value")
+        key, eq, value = a[2:].partition("=")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is not None and not nxt.startswith("--"):
+                value, i = nxt, i + 1
+            else:
+                value = "true"
+        pairs.append((key, value))
+        i += 1
+    cfg = TrainConfig()
+    preset = dict(pairs).get("preset", cfg.preset)
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    for k, v in PRESETS[preset].items():
+        _set(cfg, k, v, f"preset {preset}")
+    for k, v in pairs:
+        _set(cfg, k, v, "command line")
+    if cfg.stage not in STAGES:
+        raise SystemExit(f"unknown stage {cfg.stage!r}; stages: {', '.join(STAGES)}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data: order and augmentation as functions of (seed, epoch, index)
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps data.SignDataset: item (epoch, i) is drawn with the torch, numpy and Python RNGs seeded from
+    (seed, epoch, i) and restored afterwards, so an item's augmentation (random crop, speed) is the same in any worker
+    and after a resume, and loading in the main process leaves the training RNG streams alone."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        item_seed = (self.seed * 1_000_003 + epoch) * 1_000_033 + i
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(item_seed)
+            np.random.seed(item_seed % 2**32)
+            torch.manual_seed(item_seed)
+            return self.dataset[i]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def epoch_batches(n, batch_size, seed, epoch):
+    """The batches of one epoch: a permutation drawn from a generator seeded with (seed, epoch), cut in order."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
+
+
+def loader(items, batches, num_workers, collate_fn=data.collate):
+    # its own generator: a DataLoader draws a worker base seed from the global torch RNG otherwise, which would make
+    # the training stream depend on how many loaders were opened (a resume opens one more)
+    return torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def prepare_data(cfg):
+    root = cfg.data.root
+    if not os.path.exists(root):
+        if not (cfg.make_synthetic and cfg.preset == "synthetic"):
+            raise SystemExit(f"data.root {root} does not exist")
+        print(f"writing the synthetic sign language to {root} (once) ...")
+        data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
+    train = data.SignDataset(data.load_split(root, "train", cfg.data.skip_bad), cfg.data, train=True)
+    dev = data.SignDataset(data.load_split(root, "dev", cfg.data.skip_bad), cfg.data, train=False)
+    return train, dev
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints: safetensors (tensors) + JSON (everything else), atomic, no pickle
+
+def _fsync_write(path, write):
+    tmp = path + ".tmp"
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself reaches the disk
+    finally:
+        os.close(dfd)
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(out, tag, model, opt, names, state, cfg):
+    """Write <out>/<tag>-<step>.{safetensors,json}; then delete older <tag>-* checkpoints."""
+    os.makedirs(out, exist_ok=True)
+    step = state["step"]
+    base = os.path.join(out, f"{tag}-{step:07d}")
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_steps = {}
+    for name, p in zip(names, [p for g in opt.param_groups for p in g["params"]]):
+        s = opt.state.get(p)
+        if s:  # Adam: exp_avg, exp_avg_sq tensors here; its step count in the JSON
+            tensors[f"optim.{name}.exp_avg"] = s["exp_avg"].detach().cpu().contiguous()
+            tensors[f"optim.{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().cpu().contiguous()
+            opt_steps[name] = float(s["step"])
+    tensors["rng.torch"] = torch.get_rng_state()  # uint8
+    _fsync_write(base + ".safetensors", lambda p: save_file(tensors, p))
+    py = random.getstate()
+    npy = np.random.get_state()
+    meta = dict(state, tag=tag, config=dataclasses.asdict(cfg), weights=os.path.basename(base) + ".safetensors",
+                sha256=_sha256(base + ".safetensors"), adam_steps=opt_steps,
+                adam_groups=[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+                rng_python=[py[0], list(py[1]), py[2]],
+                rng_numpy=[npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])])
+    _fsync_write(base + ".json", lambda p: open(p, "w").write(json.dumps(meta, indent=1)))
+    for old in checkpoints(out, tag)[:-1]:  # the new one is complete: the previous ones may go
+        os.remove(old)
+        os.remove(old[:-5] + ".safetensors")
+    return base
+
+
+def checkpoints(out, tag):
+    """Complete checkpoints (their JSON exists), oldest first."""
+    return sorted(glob.glob(os.path.join(glob.escape(out), f"{tag}-[0-9]*.json")))
+
+
+def load_checkpoint(out, tag, model, opt=None, names=None):
+    """Restore the newest complete <tag> checkpoint of `out` into model (and opt); returns its JSON dict."""
+    found = checkpoints(out, tag)
+    if not found:
+        raise SystemExit(f"no {tag} checkpoint in {out} (looked for {tag}-<step>.json)")
+    with open(found[-1]) as f:
+        meta = json.load(f)
+    path = os.path.join(out, meta["weights"])
+    if _sha256(path) != meta["sha256"]:
+        raise SystemExit(f"{path}: sha256 differs from {found[-1]}; the checkpoint is corrupt")
+    t = load_file(path)
+    sd = {k[6:]: v for k, v in t.items() if k.startswith("model.")}
+    ours = model.state_dict()
+    if set(sd) != set(ours) or any(sd[k].shape != ours[k].shape for k in ours):
+        bad = sorted(set(sd) ^ set(ours)) or [k for k in ours if sd[k].shape != ours[k].shape]
+        raise SystemExit(f"{path}: weights do not fit this model (config differs?): {bad[:8]}")
+    model.load_state_dict(sd, strict=True)
+    if opt is not None:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        state = {}
+        for i, (name, p) in enumerate(zip(names, params)):
+            if name in meta["adam_steps"]:
+                state[i] = {"step": torch.tensor(meta["adam_steps"][name]),
+                            "exp_avg": t[f"optim.{name}.exp_avg"].to(p.device),
+                            "exp_avg_sq": t[f"optim.{name}.exp_avg_sq"].to(p.device)}
+        unknown = {k.split(".", 1)[1].rsplit(".", 1)[0] for k in t if k.startswith("optim.")} - set(names)
+        if unknown:
+            raise SystemExit(f"{path}: optimizer state for unknown parameters {sorted(unknown)[:8]}")
+        groups = [dict(g, params=list(range(len(params)))) for g in meta["adam_groups"]]
+        opt.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(t["rng.torch"])
+        py = meta["rng_python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = meta["rng_numpy"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the shared training loop
+
+RESUME_FREE = {"resume", "overwrite", "num_workers", "threads", "log_every", "device"}  # may change on --resume
+
+
+def _flat(d, prefix=""):
+    return {k2: v2 for k, v in d.items()
+            for k2, v2 in (_flat(v, prefix + k + ".").items() if isinstance(v, dict) else [(prefix + k, v)])}
+
+def cosine_lr(step, lr, min_lr, warmup, total):
+    """Linear warm-up to lr over `warmup` steps, then cosine decay to min_lr at `total` (as nanoGPT)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    u = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * u)) * (lr - min_lr)
+
+
+def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
+        grad_clip, eval_every, ckpt_every, collate_fn=data.collate):
+    """Adam on every trainable parameter of `model`; loss_fn(model, batch) -> (loss, metrics dict);
+    evaluate(model) -> dev metrics dict with a 'loss'. Returns the per-step metrics."""
+    out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    opt = torch.optim.Adam([p for _, p in named], lr=lr)
+    per_epoch = math.ceil(len(train_set) / batch_size)
+    total = max_steps if max_steps > 0 else epochs * per_epoch
+    state = dict(step=0, best_dev=float("inf"), dev={})
+    if cfg.resume:
+        meta = load_checkpoint(out, "ckpt", model, opt, names)
+        state = {k: meta[k] for k in state}
+        changed = [k for k, v in _flat(dataclasses.asdict(cfg)).items() if k not in RESUME_FREE
+                   and _flat(meta["config"]).get(k) != v]
+        if changed:
+            print(f"warning: resuming with changed settings {changed}: the run will differ from an uninterrupted one")
+        print(f"resumed {out} at step {state['step']}")
+    elif checkpoints(out, "ckpt") or checkpoints(out, "best"):
+        if not cfg.overwrite:
+            raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
+        for j in checkpoints(out, "ckpt") + checkpoints(out, "best"):
+            os.remove(j[:-5] + ".safetensors")
+            os.remove(j)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
+    kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) else []
+    log = open(log_path, "w")
+    log.writelines(l for l in kept if json.loads(l)["step"] <= state["step"])
+    items, history = SeededItems(train_set, cfg.seed), []
+    bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True)
+    while state["step"] < total:
+        epoch, first = divmod(state["step"], per_epoch)
+        model.train()
+        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:]
+        for batch in loader(items, batches, cfg.num_workers, collate_fn):
+            t0, step = time.time(), state["step"]
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
+            loss, m = loss_fn(model, to_device(batch, device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: loss is {loss.item()} on videos {batch.get('name')}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+            opt.step()
+            state["step"] = step = step + 1
+            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=float(gn), dt=time.time() - t0, **m)
+            history.append(m)
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+            if step % eval_every == 0 or step == total:
+                state["dev"] = dev = evaluate(model)
+                model.train()
+                bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
+                m["dev"] = dev
+                if dev["loss"] < state["best_dev"]:  # "best" moves only when dev improves
+                    state["best_dev"] = dev["loss"]
+                    save_checkpoint(out, "best", model, opt, names, state, cfg)
+            log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
+            log.flush()
+            if step % ckpt_every == 0 or step == total:
+                save_checkpoint(out, "ckpt", model, opt, names, state, cfg)
+            if step >= total:
+                break
+    bar.close()
+    log.close()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stage vq
+
+@torch.no_grad()
+def evaluate_vq(model, dev_set, cfg, device):
+    """Dev L_VQ terms, CP accuracy, codebook usage / perplexity over the whole split, and, where the data set has
+    the synthetic generator's ground truth, purity / NMI of each clip's code against the primitive at its centre."""
+    model.eval()
+    batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dev_set)))]
+               for j in range(0, len(dev_set), cfg.vq_batch_size)]
+    sums, n, codes, names = {}, 0, [], []
+    for batch in loader(SeededItems(dev_set, cfg.seed), batches, cfg.num_workers):
+        batch = to_device(batch, device)
+        _, m, idx = model(batch)
+        for k in ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance"):
+            sums[k] = sums.get(k, 0.0) + m[k]
+        n += 1
+        codes += [row[row >= 0].cpu() for row in idx]
+        names += batch["name"]
+    out = {k: v / n for k, v in sums.items()}
+    out["usage"], out["perplexity"] = codebook_usage(torch.cat(codes), model.config.M)
+    gt_path = os.path.join(cfg.data.root, data.GROUND_TRUTH)
+    if os.path.isfile(gt_path):
+        videos = data.read_ground_truth(cfg.data.root)["videos"]
+        labels = []
+        for name, c in zip(names, codes):
+            v = videos[name]
+            lab = data.clip_labels(v["primitives"], v["n_frames"])  # primitive id at each clip's centre (None: rest)
+            assert len(lab) == len(c), (name, len(lab), len(c))
+            labels += [-1 if x is None else x for x in lab]
+        out["purity"], out["nmi"] = token_alignment(torch.cat(codes), torch.tensor(labels))
+    return out
+
+
+def stage_vq(cfg):
+    device = device_of(cfg)
+    train_set, dev_set = prepare_data(cfg)
+    model = VQSign(cfg.vq).to(device)
+    print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
+          f"{len(dev_set)} dev videos, device {device}")
+    return fit(cfg, "vq", model, train_set, lambda m, b: m.loss(b), lambda m: evaluate_vq(m, dev_set, cfg, device),
+               lr=cfg.vq_lr, min_lr=cfg.vq_min_lr, warmup=cfg.vq_warmup, epochs=cfg.vq_epochs,
+               max_steps=cfg.vq_max_steps, batch_size=cfg.vq_batch_size, grad_clip=cfg.vq_grad_clip,
+               eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stages cra, ft, eval and all: the frozen LLM enters
+
+def device_of(cfg):
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_llm(cfg, device):
+    """The frozen LLaMA and its tokenizer: --llm PATH (a Hugging Face folder), or the embedded SmolLM2 default."""
+    path = cfg.llm or smollm2()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # the paper's LLaMA is 16-bit; fp32 on a CPU
+    return LLaMA.from_pretrained(path, dtype=dtype, device=device), Tokenizer.from_pretrained(path)
+
+
+def build_signllm(cfg, device, ckpt_dir=None):
+    """SignLLM from the cra stage's vocabulary (out/cra/vocab.txt) and the newest 'best' checkpoint of ckpt_dir
+    (default: out/cra). The LLM is loaded on its own: it is never part of our checkpoints."""
+    cra_out = os.path.join(cfg.out_dir, "cra")
+    ckpt_dir = ckpt_dir or cra_out
+    res = cra.load_vocab(os.path.join(cra_out, "vocab.txt"))
+    found = checkpoints(ckpt_dir, "best")
+    if not found:
+        raise SystemExit(f"no best checkpoint in {ckpt_dir}: run the stage that writes it first")
+    with safe_open(os.path.join(ckpt_dir, json.load(open(found[-1]))["weights"]), "pt") as f:
+        text_ids, sigmas = f.get_tensor("model.cra.text_ids").tolist(), f.get_tensor("model.cra.sigmas").tolist()
+    llm, tok = load_llm(cfg, device)
+    tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
+    model = SignLLM(VQSign(cfg.vq), tokens, llm, tok, cfg.signllm).to(device)
+    load_checkpoint(ckpt_dir, "best", model)
+    return model
+
+
+@torch.no_grad()
+def tokenize_videos(vq, dataset, cfg, device):
+    """Character tokens of every video of a data set (eval mode, no augmentation)."""
+    vq.eval()
+    batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dataset)))]
+               for j in range(0, len(dataset), cfg.vq_batch_size)]
+    seqs = []
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
+                      desc="tokenize", dynamic_ncols=True):
+        batch = to_device(batch, device)
+        seqs += vq.tokenize_batch(batch["frames"], batch["clip_mask"])
+    return seqs
+
+
+class Steps(torch.utils.data.Dataset):
+    """The cra stage's 'data set': L_MMD needs no video, only the token tables, so a batch is an empty dict."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {}
+
+
+def stage_cra(cfg):
+    """Sec. 3.4 (ii): the word codebook by the search of Sec. 3.3, then f and s0 trained with L_MMD (Eq. 6)."""
+    device = device_of(cfg)
+    train_set, _ = prepare_data(cfg)
+    out = os.path.join(cfg.out_dir, "cra")
+    vq = VQSign(cfg.vq).to(device)
+    load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq)
+    plain = data.SignDataset(train_set.samples, cfg.data, train=False)
+    seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg, device)]  # repeats -> s0
+    res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
+    for r, h in enumerate(res.entropies):
+        print(f"codebook r={r}: {len(res.vocab) if r == res.chosen_r else cfg.vq.M + 1 + r * cfg.cra.m} tokens, "
+              f"entropy {h:.4f}{'  <- chosen (largest drop)' if r == res.chosen_r else ''}")
+    os.makedirs(out, exist_ok=True)
+    cra.save_vocab(os.path.join(out, "vocab.txt"), res)
+    print(f"vocabulary: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters -> {out}/vocab.txt")
+    llm, tok = load_llm(cfg, device)
+    text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text)})  # the target language's tokens
+    sigmas = cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float())
+    tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
+    model = SignLLM(vq, tokens, llm, tok, cfg.signllm).to(device)
+    model.vq.requires_grad_(False)  # the cra stage trains f and s0 only: VQ-Sign's tokens stay as pre-trained
+    E = llm.tok_embeddings.weight
+
+    def loss_fn(m, batch):
+        loss = m.cra.mmd_loss(m.vq.codebook, m.vq.g, E)
+        return loss, {"L_MMD": loss.item()}
+
+    def evaluate(m):
+        with torch.no_grad():
+            return {"loss": m.cra.mmd_loss(m.vq.codebook, m.vq.g, E).item()}
+
+    n = cfg.cra_steps
+    return fit(cfg, "cra", model, Steps(n), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
+               epochs=1, max_steps=n, batch_size=1, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
+               collate_fn=lambda items: {})
+
+
+@torch.no_grad()
+def translate_split(model, dataset, cfg, device, beams=None):
+    """Hypotheses and references of a whole split, by real generation."""
+    model.eval()
+    batches = [[(0, i) for i in range(j, min(j + cfg.ft_batch_size, len(dataset)))]
+               for j in range(0, len(dataset), cfg.ft_batch_size)]
+    hyps, refs, names = [], [], []
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
+                      desc="translate", dynamic_ncols=True, leave=False):
+        batch = to_device(batch, device)
+        hyps += model.translate(batch["frames"], batch["clip_mask"], beams=beams)
+        refs += batch["text"]
+        names += batch["name"]
+    return hyps, refs, names
+
+
+def stage_ft(cfg):
+    """Sec. 3.4, fine-tuning: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen; the best dev BLEU-4 is kept."""
+    device = device_of(cfg)
+    train_set, dev_set = prepare_data(cfg)
+    model = build_signllm(cfg, device)
+    model.vq.config = dataclasses.replace(cfg.vq, reseed_every=0)  # no re-seeding now: the vocabulary reads the codes
+    lang = "zh" if cfg.preset == "csl" else "en"
+
+    def evaluate(m):
+        hyps, refs, _ = translate_split(m, dev_set, cfg, device)
+        s = metrics.score_all(hyps, refs, lang)
+        print(f"  e.g. {hyps[0]!r}  <-  {refs[0]!r}")
+        return {"loss": -s["B4"], **s}  # fit keeps the checkpoint with the lowest dev "loss": here, the best BLEU-4
+
+    return fit(cfg, "ft", model, train_set, lambda m, b: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
+               warmup=cfg.ft_warmup, epochs=cfg.ft_epochs, max_steps=cfg.ft_max_steps, batch_size=cfg.ft_batch_size,
+               grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every)
+
+
+def stage_eval(cfg):
+    """BLEU-1..4 and ROUGE-L on dev and test from the best ft checkpoint; hypotheses and metrics written to out/eval."""
+    device = device_of(cfg)
+    model = build_signllm(cfg, device, os.path.join(cfg.out_dir, "ft"))
+    out = os.path.join(cfg.out_dir, "eval")
+    os.makedirs(out, exist_ok=True)
+    lang, results = ("zh" if cfg.preset == "csl" else "en"), {}
+    for split in ("dev", "test"):
+        ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
+        hyps, refs, names = translate_split(model, ds, cfg, device, beams=cfg.eval_beams)
+        results[split] = metrics.score_all(hyps, refs, lang)
+        with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
+            f.write("name\thypothesis\treference\n" + "".join(f"{n}\t{h}\t{r}\n" for n, h, r in zip(names, hyps, refs)))
+    _fsync_write(os.path.join(out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(results, indent=1)))
+    print(f"{'split':6s} " + " ".join(f"{k:>8s}" for k in results["dev"]))
+    for split, s in results.items():
+        print(f"{split:6s} " + " ".join(f"{v:8.2f}" for v in s.values()))
+    return results
+
+
+def stage_all(cfg):
+    """vq -> cra -> ft -> eval. A stage whose folder already holds its final checkpoint is not run again."""
+    t0 = time.time()
+    for name in ("vq", "cra", "ft"):
+        done = os.path.join(cfg.out_dir, name, "DONE")
+        if os.path.exists(done) and not cfg.overwrite:
+            print(f"== {name}: done already ({done}); --overwrite to train it again")
+            continue
+        print(f"== {name} ({(time.time() - t0) / 60:.1f} min so far)")
+        resume = cfg.resume and bool(checkpoints(os.path.join(cfg.out_dir, name), "ckpt"))
+        STAGES[name](dataclasses.replace(cfg, stage=name, resume=resume, overwrite=not resume))
+        open(done, "w").close()
+    print(f"== eval ({(time.time() - t0) / 60:.1f} min so far)")
+    results = stage_eval(dataclasses.replace(cfg, stage="eval"))
+    print(f"all stages in {(time.time() - t0) / 60:.1f} min")
+    return results
+
+
+STAGES = {"vq": stage_vq, "cra": stage_cra, "ft": stage_ft, "eval": stage_eval, "all": stage_all}
+
+
+def load_signllm(ckpt_dir):
+    """A trained SignLLM from a training output folder (out/ft, or out/cra), with the config it was trained with."""
+    found = checkpoints(ckpt_dir, "best")
+    if not found:
+        raise SystemExit(f"{ckpt_dir}: no best-<step>.json checkpoint (give a training output folder such as out/ft)")
+    with open(found[-1]) as f:
+        saved = json.load(f)["config"]
+    cfg = TrainConfig()
+    for k, v in _flat(saved).items():
+        _set(cfg, k, v, found[-1])
+    cfg.out_dir = os.path.dirname(os.path.abspath(ckpt_dir.rstrip("/")))  # out/cra/vocab.txt sits beside it
+    return build_signllm(cfg, device_of(cfg), ckpt_dir), cfg
+
+
+def main(argv):
+    cfg = parse_args(argv)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return STAGES[cfg.stage](cfg)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
