@@ -7,8 +7,14 @@ A sign video becomes a sequence of discrete "character" tokens:
 plus the codebook and commitment terms of Eq. 2. Layout, bottom-up: ResNet18 -> VisualEncoder -> ContextGRU ->
 context_prediction (Eq. 1) -> VQConfig -> VQSign -> codebook diagnostics.
 
-Deviation from the paper (not in it): codes that no clip chose for `reseed_every` training steps are re-seeded from
-the batch's clip features (the standard remedy for codebook collapse, e.g. Jukebox / "random restarts").
+Not in the paper, each for a failure we saw on the synthetic set (details where each is computed):
+- the squared norms of Eq. 2 are averaged over d, not summed (summed, the commitment term swamped L_cp);
+- z is standardized by a BatchNorm without affine (rules out the trivial minimum z_t = constant);
+- codes no clip chose for `reseed_every` training steps are re-seeded from the batch's clip features (the standard
+  remedy for codebook collapse, e.g. Jukebox's random restarts);
+- options, off by default (the paper's configuration), on in the synthetic preset: Eq. 1's negatives from the
+  positive's own video only (negatives="video", wav2vec's p_n) and each video's mean z subtracted (center=True).
+  With negatives from other videos E_v learned to tell signers apart by their colours, and tokens tracked signers.
 """
 from dataclasses import dataclass
 
@@ -227,7 +233,7 @@ class VQConfig:
     gamma: float = 0.25        # commitment weight (Eq. 2, Sec. 4.1)
     lam: float = 1.0           # lambda of Eq. 1 (weight of the negatives); the paper gives no value
     negatives: str = "batch"   # Eq. 1's p_n: "batch" (other times and other videos) or "video" (same video only)
-    center: bool = False       # subtract each video's mean z (not in the paper)
+    center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
     reseed_every: int = 20     # training steps; unused codes are re-seeded from batch features (0: never). Not in the paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
 
