@@ -98,7 +98,10 @@ def main():
 
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     rss_o, rss_h = load_rss(path, "ours"), load_rss(path, "hf")
-    rows.append(("load: peak RSS / weight bytes [lower is better]", rss_o / weight_bytes, rss_h / weight_bytes))
+    print(f"load: peak RSS growth ours {rss_o / 2**20:.0f} MiB, transformers {rss_h / 2**20:.0f} MiB, "
+          f"weights {weight_bytes / 2**20:.0f} MiB")
+    if rss_o > 0 and rss_h > 0:
+        rows.append(("load: peak RSS / weight bytes [lower is better]", rss_o / weight_bytes, rss_h / weight_bytes))
 
     print(f"{'measure':60s} {'ours':>10s} {'transformers':>13s} {'ours vs theirs':>15s}")
     for name, o, h in rows:

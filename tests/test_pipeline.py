@@ -13,7 +13,7 @@ from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig
 
 TINY = ["--synthetic_size=tiny", "--data.image_size=32", "--vq.width=8", "--vq.d=32", "--vq.M=16",
         "--vq_batch_size=4", "--vq_max_steps=8", "--vq_eval_every=4", "--vq_ckpt_every=4", "--cra.m=4", "--cra.R=4",
-        "--cra_hidden=32", "--cra_steps=10", "--ft_batch_size=4", "--ft_max_steps=36", "--ft_lr=0.02",
+        "--cra_hidden=32", "--cra_steps=10", "--cra_lr=0.01", "--ft_batch_size=4", "--ft_max_steps=36", "--ft_lr=0.02",
         "--ft_warmup=0", "--ft_eval_every=18", "--signllm.max_new_tokens=8", "--eval_beams=2",
         "--num_workers=0", "--threads=1", "--log_every=100"]
 
@@ -41,7 +41,9 @@ def test_all_stages_tiny(tmp_path, capsys):
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     args = TINY + [f"--data.root={root}", f"--out_dir={out}", f"--llm={llm}"]
     train.main(["--stage=vq"] + args)
-    train.main(["--stage=cra"] + args)
+    cra_history = train.main(["--stage=cra"] + args)
+    mmd = [h["L_MMD"] for h in cra_history]
+    assert mmd[-1] < 0.9 * mmd[0], f"the sign-text alignment did not lower L_MMD: {mmd}"
     assert os.path.exists(os.path.join(out, "cra", "vocab.txt"))
     history = train.main(["--stage=ft"] + args)
     L = [h["L_sim"] for h in history]
