@@ -75,9 +75,10 @@ class ResNet18(nn.Module):
         unexpected = sorted(set(sd) - set(ours) - set(skipped))
         missing = sorted(k for k in set(ours) - set(sd) if not k.endswith("num_batches_tracked"))
         if unexpected or missing:
-            raise KeyError(f"{source}: not a torchvision resnet18 state dict: missing {missing[:8]}"
-                           f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                           f"{'...' if len(unexpected) > 8 else ''} ({len(missing)} missing, {len(unexpected)} unexpected)")
+            more = lambda keys: "..." if len(keys) > 8 else ""
+            raise KeyError(f"{source}: not a torchvision resnet18 state dict: missing {missing[:8]}{more(missing)}, "
+                           f"unexpected {unexpected[:8]}{more(unexpected)} ({len(missing)} missing, "
+                           f"{len(unexpected)} unexpected)")
         for k, v in ours.items():
             if k in sd and tuple(sd[k].shape) != tuple(v.shape):
                 raise ValueError(f"{source}: {k} has shape {tuple(sd[k].shape)}, this ResNet18 (width "
@@ -234,7 +235,7 @@ class VQConfig:
     lam: float = 1.0           # lambda of Eq. 1 (weight of the negatives); the paper gives no value
     negatives: str = "batch"   # Eq. 1's p_n: "batch" (other times and other videos) or "video" (same video only)
     center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
-    reseed_every: int = 20     # training steps; unused codes are re-seeded from batch features (0: never). Not in the paper
+    reseed_every: int = 20     # steps; codes unused that long are re-seeded from batch features (0: off). Not in paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
 
 
@@ -256,6 +257,9 @@ class VQSign(nn.Module):
     def quantize(self, z, clip_mask):
         """z (B, T, d) -> z_hat (B, T, d) = s_j with j = argmin_i ||z_t - s_i||^2, idx (B, T); padding: 0 and -1."""
         zv = z[clip_mask]  # (V, d) valid clips only
+        if not torch.isfinite(zv).all():
+            raise FloatingPointError(f"VQ-Sign: {int((~torch.isfinite(zv)).any(1).sum())} clip features z are NaN/inf "
+                                     "(NaN in the frames, or a diverged encoder)")
         idx_v, _ = nearest_code(zv.detach().float().contiguous(), self.codebook.detach().float().contiguous())
         z_hat = z.new_zeros(z.shape)
         z_hat[clip_mask] = self.codebook[idx_v].to(z.dtype)  # a gather: gradient reaches the chosen codes only

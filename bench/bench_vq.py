@@ -69,9 +69,9 @@ def one_config(a):
         if i:
             times.append(time.perf_counter() - t0)
     t = statistics.median(times)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps(dict(impl=a.impl, threads=a.threads, step_s=t, clips_per_s=int(n_clips.sum()) / t,
-                          frames_per_s=sum(n_frames) / t, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          rss_before_steps_mb=rss0 / 1024,
+                          frames_per_s=sum(n_frames) / t, peak_rss_mb=peak / 1024, rss_before_steps_mb=rss0 / 1024,
                           params_m=sum(p.numel() for p in model.parameters()) / 1e6)))
 
 
@@ -110,7 +110,8 @@ def main():
             o, r = res["ours"], res["per-clip"]
             rows.append((name, threads, o, r))
             print(f"{name:15s} {size}px width {width} d {d} M {M}, {batch} x {n} frames, {threads} thread(s): "
-                  f"ours {o['clips_per_s']:8.1f} clips/s ({o['step_s']:.3f} s/step, peak RSS {o['peak_rss_mb']:.0f} MB) | "
+                  f"ours {o['clips_per_s']:8.1f} clips/s ({o['step_s']:.3f} s/step, "
+                  f"peak RSS {o['peak_rss_mb']:.0f} MB) | "
                   f"per-clip reference {r['clips_per_s']:8.1f} clips/s ({r['step_s']:.3f} s/step, peak RSS "
                   f"{r['peak_rss_mb']:.0f} MB) | speed-up {o['clips_per_s'] / r['clips_per_s']:.2f}x", flush=True)
     print("GPU: not run (no GPU on this machine)")

@@ -73,7 +73,8 @@ def test_resume_gives_the_same_losses(tiny, tmp_path, monkeypatch):
     steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "vq" / "log.jsonl")]
     assert steps == list(range(1, 7))
     left = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "b" / "vq" / "*")))
-    assert left[-3:] == ["ckpt-0000006.json", "ckpt-0000006.safetensors", "log.jsonl"] and not any(".tmp" in f for f in left)
+    assert left[-3:] == ["ckpt-0000006.json", "ckpt-0000006.safetensors", "log.jsonl"]
+    assert not any(".tmp" in f for f in left)
     assert all(f.startswith("best-") for f in left[:-3]) and len(left) == 5
 
 

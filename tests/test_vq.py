@@ -40,8 +40,8 @@ def random_batch(n_clips, size=(37, 29)):
     """frames (B, N_max, 3, H, W) with garbage past each video's clip grid, as a loader might pad."""
     n_clips = torch.tensor(n_clips)
     N = data.padded_length(int(n_clips.max())) + 3
-    return {"frames": torch.randn(len(n_clips), N, 3, *size), "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],
-            "n_clips": n_clips}
+    mask = torch.arange(int(n_clips.max()))[None] < n_clips[:, None]  # (B, T)
+    return {"frames": torch.randn(len(n_clips), N, 3, *size), "clip_mask": mask, "n_clips": n_clips}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -99,6 +99,9 @@ def test_mask_validation():
         model.encode(b["frames"], torch.tensor([[True, False, True], [True, True, True]]))
     with pytest.raises(ValueError, match="time steps"):
         model.encode(b["frames"][:, :14], b["clip_mask"])
+    b["frames"][1, 3, 0, 5, 5] = float("nan")
+    with pytest.raises(FloatingPointError, match="clip features z are NaN"):
+        model.encode(b["frames"], b["clip_mask"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -181,7 +184,8 @@ def test_straight_through_and_eq2_terms(gen):
     torch.testing.assert_close(seen["x"][m], z_hat[m], rtol=0, atol=1e-12)  # z + (z_hat - z): rounding only
     g_c = torch.autograd.grad(seen["c"].sum(), model.encoder.conv3d[2].weight, retain_graph=True)[0]
     assert g_c.abs().sum() > 0 and all(g.abs().sum() > 0 for g in grads[:-1])
-    # the codebook gets the codebook term only: d/ds_j mean_t ||sg(z_t) - s_j||^2 / d = 2 sum_{t -> j} (s_j - z_t) / (V d)
+    # the codebook gets the codebook term only:
+    # d/ds_j mean_t ||sg(z_t) - s_j||^2 / d = 2 sum_{t -> j} (s_j - z_t) / (V d)
     V, d = int(m.sum()), z.shape[-1]
     ref = torch.zeros_like(model.codebook).index_add_(0, idx[m], 2 * (model.codebook[idx[m]] - z[m]).detach()) / (V * d)
     torch.testing.assert_close(grads[-1], ref, rtol=1e-10, atol=1e-12)
