@@ -520,12 +520,13 @@ def stage_cra(cfg):
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
     seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg, device)]  # repeats -> s0
     res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
-    for r, h in enumerate(res.entropies):
-        print(f"codebook r={r}: {len(res.vocab) if r == res.chosen_r else cfg.vq.M + 1 + r * cfg.cra.m} tokens, "
-              f"entropy {h:.4f}{'  <- chosen (largest drop)' if r == res.chosen_r else ''}")
+    for r, h in enumerate(res.entropies):  # Eq. 3 via Eq. 4; r = 0 is the character-level codebook
+        print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
+              f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
     os.makedirs(out, exist_ok=True)
     cra.save_vocab(os.path.join(out, "vocab.txt"), res)
-    print(f"vocabulary: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters -> {out}/vocab.txt")
+    print(f"vocabulary after the plan's readout: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters "
+          f"-> {out}/vocab.txt")
     llm, tok = load_llm(cfg, device)
     text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text)})  # the target language's tokens
     sigmas = cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float())
