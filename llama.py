@@ -551,7 +551,7 @@ def smollm2():
             _, i, kind, _ = t.name.split(".")  # blk.{i}.{kind}.weight
             name = f"model.layers.{i}.{per_layer[kind]}.weight"
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)  # (out, in), Q4_1/Q8_0 -> fp32
-        if kind_is_qk(t.name):
+        if ".attn_q." in t.name or ".attn_k." in t.name:
             # llama.cpp's converter permutes Q and K rows to interleave rotary pairs; undo it for rotate-half RoPE
             heads = n_heads if ".attn_q." in t.name else n_kv
             w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
@@ -573,10 +573,6 @@ def smollm2():
     tok.save(os.path.join(out, "tokenizer.json"))
     open(os.path.join(out, "done"), "w").close()
     return out
-
-
-def kind_is_qk(name):
-    return ".attn_q." in name or ".attn_k." in name
 
 
 if __name__ == "__main__":

@@ -43,16 +43,16 @@ class SignLLM(nn.Module):
         if cfg.lambda_mmd and cra.text_ids.numel() == 0:
             raise ValueError("CRA holds no text token ids for L_MMD: run the cra stage first")
 
-    def sign_sentence(self, idx):
+    def sign_sentence(self, idx, S_w=None):
         """Character tokens idx (B, T) (-1 = padding) -> W (B, L, llm dim) and its mask (B, L): Sec. 3.3's word
-        tokens, projected by f."""
+        tokens, projected by f. S_w: the word codebook, if the caller has computed it already."""
         words = [self.cra.sentence(row[row >= 0].tolist()) for row in idx]
         L = max(len(w) for w in words)
         ids = torch.zeros(len(words), L, dtype=torch.long, device=idx.device)
         mask = torch.zeros(len(words), L, dtype=torch.bool, device=idx.device)
         for b, w in enumerate(words):
             ids[b, :len(w)], mask[b, :len(w)] = torch.tensor(w, device=idx.device), True
-        S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # (n_words, d)
+        S_w = self.cra.word_table(self.vq.codebook, self.vq.g) if S_w is None else S_w  # (n_words, d)
         return self.cra.f(S_w[ids]), mask  # (B, L, llm dim)
 
     def prompt_embeds(self, W, W_mask, targets=None):
@@ -91,13 +91,14 @@ class SignLLM(nn.Module):
     def forward(self, batch):
         """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics)."""
         L_vq, metrics, idx = self.vq(batch)  # Eq. 2
-        W, W_mask = self.sign_sentence(idx)
+        S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # once per step: used by W and by L_MMD
+        W, W_mask = self.sign_sentence(idx, S_w)
         L_sim = self.L_sim(W, W_mask, batch["text"])
         loss = L_vq + self.cfg.lambda_sim * L_sim
         metrics = {"L_VQ": L_vq.item(), "L_sim": L_sim.item(), "words": W_mask.sum(1).float().mean().item(),
                    "cp_acc": metrics["cp_acc"], "usage": metrics["usage"]}
         if self.cfg.lambda_mmd:
-            L_mmd = self.cra.mmd_loss(self.vq.codebook, self.vq.g, self.llm.tok_embeddings.weight)  # Eq. 6
+            L_mmd = self.cra.mmd_loss(self.vq.codebook, self.vq.g, self.llm.tok_embeddings.weight, S_w)  # Eq. 6
             loss = loss + self.cfg.lambda_mmd * L_mmd
             metrics["L_MMD"] = L_mmd.item()
         metrics["loss"] = loss.item()
