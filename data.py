@@ -282,14 +282,15 @@ class SignDataset(torch.utils.data.Dataset):
         return {"frames": x, "name": s.name, "text": s.text, "gloss": s.gloss}
 
 
-def collate(items: list[dict]) -> dict | None:
+def collate(items: list[dict]) -> dict:
     """SignDataset items -> a batch: frames (B, N_max, 3, S, S) float, zeros past each video's clip grid;
     frame_mask (B, N_max) bool; n_frames, n_clips (B,) int64; clip_mask (B, T_max) bool; text, name, gloss lists;
-    skipped [(name, reason)] (skip_bad). None when every item was skipped."""
+    skipped [(name, reason)] (skip_bad). Only {"skipped": ...} when every item was skipped (their names still reach
+    the training log)."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
     items = [it for it in items if "skipped" not in it]
     if not items:
-        return None
+        return {"skipped": skipped}
     n_frames = torch.tensor([len(it["frames"]) for it in items])
     n_clips = torch.tensor([num_clips(int(n)) for n in n_frames])
     frames = items[0]["frames"].new_zeros(len(items), int(n_frames.max()), *items[0]["frames"].shape[1:])

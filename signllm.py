@@ -11,6 +11,7 @@ to W. Inference: greedy or beam search with the LLM's KV cache.
     python signllm.py --ckpt out/ft path/to/video_or_frame_folder ...   # translate a user's own videos
 """
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ def main(argv=None):
     for path in args.videos:
         sample = data.Sample(name=os.path.basename(path.rstrip("/")), text="", gloss=None, path=path)
         try:
-            batch = data.collate([data.SignDataset([sample], cfg.data, train=False)[0]])
+            ds = data.SignDataset([sample], dataclasses.replace(cfg.data, skip_bad=False), train=False)  # say why
+            batch = data.collate([ds[0]])
         except data.DataError as e:
             sys.exit(f"error: {e}")
         print(f"{path}\t{model.translate(batch['frames'], batch['clip_mask'], beams=args.beams)[0]}")

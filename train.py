@@ -45,6 +45,7 @@ class TrainConfig:
     make_synthetic: bool = True   # preset synthetic: generate data.root if it is missing
     synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
     log_every: int = 1            # one log line every this many steps
+    skip_nonfinite: bool = False  # a NaN/inf loss or gradient norm skips the step (counted) instead of stopping the run
     # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
     vq_lr: float = 0.01           # Adam (Sec. 4.1)
     vq_min_lr: float = 0.0005     # cosine decay to this after warm-up (our choice: the paper gives only the initial lr)
@@ -196,26 +197,29 @@ def epoch_batches(n, batch_size, seed, epoch):
     return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
 
 
-def loader(items, batches, num_workers, collate_fn=data.collate):
+def loader(items, batches, num_workers, collate_fn=data.collate, keep_empty=False):
     # its own generator: a DataLoader draws a worker base seed from the global torch RNG otherwise, which would make
     # the training stream depend on how many loaders were opened (a resume opens one more)
-    return torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(0))
+    dl = torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                                     generator=torch.Generator().manual_seed(0))
+    # data.skip_bad: a batch whose videos were all bad holds only "skipped"; fit keeps it (a step without an update)
+    return dl if keep_empty else (b for b in dl if b.keys() != {"skipped"})
 
 
 def to_device(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def prepare_data(cfg):
+def prepare_data(cfg, skipped=None):
+    """Train and dev SignDatasets; with data.skip_bad the rows left out are appended to `skipped` as (name, reason)."""
     root = cfg.data.root
     if not os.path.exists(root):
         if not (cfg.make_synthetic and cfg.preset == "synthetic"):
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
         data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
-    train = data.SignDataset(data.load_split(root, "train", cfg.data.skip_bad), cfg.data, train=True)
-    dev = data.SignDataset(data.load_split(root, "dev", cfg.data.skip_bad), cfg.data, train=False)
+    train = data.SignDataset(data.load_split(root, "train", cfg.data.skip_bad, skipped), cfg.data, train=True)
+    dev = data.SignDataset(data.load_split(root, "dev", cfg.data.skip_bad, skipped), cfg.data, train=False)
     return train, dev
 
 
@@ -257,6 +261,8 @@ def save_checkpoint(out, tag, model, opt, names, state, cfg):
             tensors[f"optim.{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().cpu().contiguous()
             opt_steps[name] = float(s["step"])
     tensors["rng.torch"] = torch.get_rng_state()  # uint8
+    if torch.cuda.is_available():  # one generator state per visible GPU
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     _fsync_write(base + ".safetensors", lambda p: save_file(tensors, p))
     py = random.getstate()
     npy = np.random.get_state()
@@ -266,9 +272,7 @@ def save_checkpoint(out, tag, model, opt, names, state, cfg):
                 rng_python=[py[0], list(py[1]), py[2]],
                 rng_numpy=[npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])])
     _fsync_write(base + ".json", lambda p: open(p, "w").write(json.dumps(meta, indent=1)))
-    for old in checkpoints(out, tag)[:-1]:  # the new one is complete: the previous ones may go
-        os.remove(old)
-        os.remove(old[:-5] + ".safetensors")
+    tidy_checkpoints(out)  # the new one is complete: the previous ones may go
     return base
 
 
@@ -277,8 +281,49 @@ def checkpoints(out, tag):
     return sorted(glob.glob(os.path.join(glob.escape(out), f"{tag}-[0-9]*.json")))
 
 
-def load_checkpoint(out, tag, model, opt=None, names=None):
-    """Restore the newest complete <tag> checkpoint of `out` into model (and opt); returns its JSON dict."""
+def _step_of(path):
+    return int(os.path.basename(path).split("-")[-1].split(".")[0])  # <tag>-<step>.json -> step
+
+
+def tidy_checkpoints(out, drop_after=None):
+    """Delete what a kill can leave in `out` (temp files, weights without their JSON) and the checkpoints no resume
+    needs: all ckpt but the newest, all best but the newest and the newest one not after that ckpt (a resume from
+    the ckpt goes back to the best it knew). drop_after=s: a resume from step s also deletes the checkpoints written
+    after s (those steps run again); -1 deletes them all."""
+    for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp")):
+        os.remove(tmp)
+    jsons = checkpoints(out, "ckpt") + checkpoints(out, "best")
+    for tag in ("ckpt", "best"):
+        for w in glob.glob(os.path.join(glob.escape(out), f"{tag}-[0-9]*.safetensors")):
+            if w[:-12] + ".json" not in jsons:
+                os.remove(w)
+    ckpt, best = checkpoints(out, "ckpt"), checkpoints(out, "best")
+    last = _step_of(ckpt[-1]) if ckpt else math.inf
+    known = [b for b in best if _step_of(b) <= last][-1:]
+    drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
+    if drop_after is not None:
+        drop += [j for j in jsons if _step_of(j) > drop_after]
+    for j in sorted(set(drop)):
+        os.remove(j)  # the JSON first: without it the weights are no checkpoint
+        os.remove(j[:-5] + ".safetensors")
+
+
+def config_diff(saved, cfg):
+    """'vq.M: checkpoint 8, now 16; ...': the settings of a checkpoint's JSON config that differ from cfg, those of
+    the model (vq.*, cra_hidden, llm) alone if any of them differ."""
+    now = _flat(dataclasses.asdict(cfg))
+    diff = [(k, v, now.get(k)) for k, v in _flat(saved).items() if k not in RESUME_FREE | {"stage"} and now.get(k) != v]
+    diff = [d for d in diff if d[0].startswith(("vq.", "cra_hidden", "llm"))] or diff
+    return "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff)
+
+
+def _words(word_chars, word_len):
+    return [tuple(c[:n].tolist()) for c, n in zip(word_chars, word_len)]
+
+
+def load_checkpoint(out, tag, model, opt=None, names=None, cfg=None):
+    """Restore the newest complete <tag> checkpoint of `out` into model (and opt); returns its JSON dict. A checkpoint
+    of another configuration is refused with the settings that differ from cfg."""
     found = checkpoints(out, tag)
     if not found:
         raise SystemExit(f"no {tag} checkpoint in {out} (looked for {tag}-<step>.json)")
@@ -290,9 +335,21 @@ def load_checkpoint(out, tag, model, opt=None, names=None):
     t = load_file(path)
     sd = {k[6:]: v for k, v in t.items() if k.startswith("model.")}
     ours = model.state_dict()
+    if "cra.word_chars" in ours and "cra.word_chars" in sd:  # CRA's vocabulary is data, not a shape: compare words
+        a, b = _words(sd["cra.word_chars"], sd["cra.word_len"]), _words(ours["cra.word_chars"], ours["cra.word_len"])
+        if a != b:
+            k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            raise SystemExit(f"{path}: CRA vocabulary differs from the one this model was built from (cra/vocab.txt): "
+                             f"checkpoint {len(a)} words, now {len(b)}; first difference at word {k}: checkpoint "
+                             f"{a[k] if k < len(a) else None}, now {b[k] if k < len(b) else None}")
     if set(sd) != set(ours) or any(sd[k].shape != ours[k].shape for k in ours):
-        bad = sorted(set(sd) ^ set(ours)) or [k for k in ours if sd[k].shape != ours[k].shape]
-        raise SystemExit(f"{path}: weights do not fit this model (config differs?): {bad[:8]}")
+        bad = [f"{k} missing from the checkpoint" for k in sorted(set(ours) - set(sd))] + \
+              [f"{k} not in this model" for k in sorted(set(sd) - set(ours))] + \
+              [f"{k}: checkpoint {tuple(sd[k].shape)}, now {tuple(ours[k].shape)}" for k in ours
+               if k in sd and sd[k].shape != ours[k].shape]
+        diff = config_diff(meta["config"], cfg) if cfg is not None else ""
+        raise SystemExit(f"{path}: a checkpoint of another configuration"
+                         + (f" ({diff})" if diff else "") + f"; weights that differ: {'; '.join(bad[:6])}")
     model.load_state_dict(sd, strict=True)
     if opt is not None:
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -308,6 +365,9 @@ def load_checkpoint(out, tag, model, opt=None, names=None):
         groups = [dict(g, params=list(range(len(params)))) for g in meta["adam_groups"]]
         opt.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(t["rng.torch"])
+        cuda = [t[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in t))]
+        if cuda and torch.cuda.is_available():  # another GPU count: only the first ones (the run differs anyway)
+            torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
         py = meta["rng_python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         n = meta["rng_numpy"]
@@ -334,19 +394,21 @@ def cosine_lr(step, lr, min_lr, warmup, total):
 
 
 def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
-        grad_clip, eval_every, ckpt_every, collate_fn=data.collate):
+        grad_clip, eval_every, ckpt_every, collate_fn=data.collate, skipped=()):
     """Adam on every trainable parameter of `model`; loss_fn(model, batch) -> (loss, metrics dict);
-    evaluate(model) -> dev metrics dict with a 'loss'. Returns the per-step metrics."""
+    evaluate(model) -> dev metrics dict with a 'loss'. skipped: (name, reason) of the samples data.skip_bad left out
+    while loading, reported with those found bad while training. Returns the per-step metrics."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     opt = torch.optim.Adam([p for _, p in named], lr=lr)
     per_epoch = math.ceil(len(train_set) / batch_size)
     total = max_steps if max_steps > 0 else epochs * per_epoch
-    state = dict(step=0, best_dev=float("inf"), dev={})
+    state = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[])
     if cfg.resume:
-        meta = load_checkpoint(out, "ckpt", model, opt, names)
-        state = {k: meta[k] for k in state}
+        meta = load_checkpoint(out, "ckpt", model, opt, names, cfg)
+        state = {k: meta.get(k, v) for k, v in state.items()}
+        tidy_checkpoints(out, drop_after=state["step"])
         changed = [k for k, v in _flat(dataclasses.asdict(cfg)).items() if k not in RESUME_FREE
                    and _flat(meta["config"]).get(k) != v]
         if changed:
@@ -355,33 +417,50 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     elif checkpoints(out, "ckpt") or checkpoints(out, "best"):
         if not cfg.overwrite:
             raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
-        for j in checkpoints(out, "ckpt") + checkpoints(out, "best"):
-            os.remove(j[:-5] + ".safetensors")
-            os.remove(j)
+        tidy_checkpoints(out, drop_after=-1)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
     kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) else []
-    log = open(log_path, "w")
-    log.writelines(l for l in kept if json.loads(l)["step"] <= state["step"])
+    kept = [l for l in kept if l.endswith("\n") and json.loads(l)["step"] <= state["step"]]  # and a torn last line
+    _fsync_write(log_path, lambda p: open(p, "w").writelines(kept))  # a kill now leaves the old log or the new
+    log = open(log_path, "a")
     items, history = SeededItems(train_set, cfg.seed), []
     bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True)
     while state["step"] < total:
         epoch, first = divmod(state["step"], per_epoch)
         model.train()
         batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:]
-        for batch in loader(items, batches, cfg.num_workers, collate_fn):
+        for batch in loader(items, batches, cfg.num_workers, collate_fn, keep_empty=True):
             t0, step = time.time(), state["step"]
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
-            loss, m = loss_fn(model, to_device(batch, device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step}: loss is {loss.item()} on videos {batch.get('name')}")
+            bad = [[n, r] for n, r in [*skipped, *batch.get("skipped", ())] if [n, r] not in state["bad_samples"]]
+            state["bad_samples"] += bad  # data.skip_bad: samples first found bad now (by name and reason)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-            opt.step()
+            m, gn, problem = {}, float("nan"), "every video of the batch is bad"
+            if batch.keys() != {"skipped"}:
+                loss, m = loss_fn(model, to_device(batch, device))
+                problem = "" if torch.isfinite(loss) else f"loss {loss.item()}, non-finite: " + ", ".join(
+                    f"{k} {v}" for k, v in m.items() if k != "loss" and isinstance(v, float) and not math.isfinite(v))
+                if not problem:
+                    loss.backward()
+                    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                              grad_clip if grad_clip > 0 else float("inf")))
+                    problem = "" if math.isfinite(gn) else f"gradient norm {gn} (loss {loss.item():.4g})"
+                if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
+                    raise FloatingPointError(f"{stage} step {step + 1}: {problem}, videos {batch.get('name')}; "
+                                             f"the last good checkpoint in {out} is kept (--skip_nonfinite skips)")
+            if problem:  # no update; what the forward pass changed (BatchNorm statistics, re-seeded codes) stays
+                state["skipped_steps"] += 1
+                bar.write(f"{stage} step {step + 1}: skipped ({problem}), {state['skipped_steps']} skipped so far")
+            else:
+                opt.step()
             state["step"] = step = step + 1
-            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=float(gn), dt=time.time() - t0, **m)
+            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m)
+            if state["skipped_steps"]:
+                m["skipped_steps"] = state["skipped_steps"]
+            if bad:
+                m["bad_samples"] = [n for n, _ in bad]
             history.append(m)
             bar.update(1)
             if step % cfg.log_every == 0:
@@ -402,6 +481,9 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                 break
     bar.close()
     log.close()
+    if state["bad_samples"]:
+        print(f"{stage}: {len(state['bad_samples'])} bad sample(s) skipped:",
+              *(f"  {n}: {r}" for n, r in state["bad_samples"]), sep="\n")
     return history
 
 
@@ -441,14 +523,15 @@ def evaluate_vq(model, dev_set, cfg, device):
 
 def stage_vq(cfg):
     device = device_of(cfg)
-    train_set, dev_set = prepare_data(cfg)
+    skipped = []
+    train_set, dev_set = prepare_data(cfg, skipped)
     model = VQSign(cfg.vq).to(device)
     print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
           f"{len(dev_set)} dev videos, device {device}")
     return fit(cfg, "vq", model, train_set, lambda m, b: m.loss(b), lambda m: evaluate_vq(m, dev_set, cfg, device),
                lr=cfg.vq_lr, min_lr=cfg.vq_min_lr, warmup=cfg.vq_warmup, epochs=cfg.vq_epochs,
                max_steps=cfg.vq_max_steps, batch_size=cfg.vq_batch_size, grad_clip=cfg.vq_grad_clip,
-               eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every)
+               eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every, skipped=skipped)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -471,15 +554,22 @@ def build_signllm(cfg, device, ckpt_dir=None):
     cra_out = os.path.join(cfg.out_dir, "cra")
     ckpt_dir = ckpt_dir or cra_out
     res = cra.load_vocab(os.path.join(cra_out, "vocab.txt"))
+    if res.n_chars != cfg.vq.M:
+        raise SystemExit(f"{cra_out}/vocab.txt: a vocabulary of vq.M = {res.n_chars} characters, now vq.M = {cfg.vq.M}")
     found = checkpoints(ckpt_dir, "best")
     if not found:
         raise SystemExit(f"no best checkpoint in {ckpt_dir}: run the stage that writes it first")
-    with safe_open(os.path.join(ckpt_dir, json.load(open(found[-1]))["weights"]), "pt") as f:
+    meta = json.load(open(found[-1]))
+    with safe_open(os.path.join(ckpt_dir, meta["weights"]), "pt") as f:
         text_ids, sigmas = f.get_tensor("model.cra.text_ids").tolist(), f.get_tensor("model.cra.sigmas").tolist()
+        width = f.get_slice("model.cra.f.fc2.weight").get_shape()[0]  # f: d -> the LLM's width
     llm, tok = load_llm(cfg, device)
+    if width != llm.cfg.dim:
+        raise SystemExit(f"{found[-1]}: f projects to width {width} (trained with llm={meta['config']['llm']!r}), "
+                         f"the LLM now (llm={cfg.llm!r}) has width {llm.cfg.dim}: pass the LLM it was trained with")
     tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
     model = SignLLM(VQSign(cfg.vq), tokens, llm, tok, cfg.signllm).to(device)
-    load_checkpoint(ckpt_dir, "best", model)
+    load_checkpoint(ckpt_dir, "best", model, cfg=cfg)
     return model
 
 
@@ -513,10 +603,11 @@ class Steps(torch.utils.data.Dataset):
 def stage_cra(cfg):
     """Sec. 3.4 (ii): the word codebook by the search of Sec. 3.3, then f and s0 trained with L_MMD (Eq. 6)."""
     device = device_of(cfg)
-    train_set, _ = prepare_data(cfg)
+    skipped = []
+    train_set, _ = prepare_data(cfg, skipped)
     out = os.path.join(cfg.out_dir, "cra")
     vq = VQSign(cfg.vq).to(device)
-    load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq)
+    load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
     seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg, device)]  # repeats -> s0
     res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
@@ -546,7 +637,7 @@ def stage_cra(cfg):
     n = cfg.cra_steps
     return fit(cfg, "cra", model, Steps(n), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
                epochs=1, max_steps=n, batch_size=1, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
-               collate_fn=lambda items: {})
+               collate_fn=lambda items: {}, skipped=skipped)
 
 
 @torch.no_grad()
@@ -568,7 +659,8 @@ def translate_split(model, dataset, cfg, device, beams=None):
 def stage_ft(cfg):
     """Sec. 3.4, fine-tuning: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen; the best dev BLEU-4 is kept."""
     device = device_of(cfg)
-    train_set, dev_set = prepare_data(cfg)
+    skipped = []
+    train_set, dev_set = prepare_data(cfg, skipped)
     model = build_signllm(cfg, device)
     model.vq.config = dataclasses.replace(cfg.vq, reseed_every=0)  # no re-seeding now: the vocabulary reads the codes
     lang = "zh" if cfg.preset == "csl" else "en"
@@ -581,7 +673,8 @@ def stage_ft(cfg):
 
     return fit(cfg, "ft", model, train_set, lambda m, b: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
                warmup=cfg.ft_warmup, epochs=cfg.ft_epochs, max_steps=cfg.ft_max_steps, batch_size=cfg.ft_batch_size,
-               grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every)
+               grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every,
+               skipped=skipped)
 
 
 def stage_eval(cfg):
@@ -646,7 +739,10 @@ def main(argv):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    return STAGES[cfg.stage](cfg)
+    try:
+        return STAGES[cfg.stage](cfg)
+    except data.DataError as e:  # bad input: its message names the file and row; no traceback
+        raise SystemExit(f"data error: {e}\n(--data.skip_bad=true leaves bad samples out and reports them)") from e
 
 
 if __name__ == "__main__":

@@ -18,19 +18,19 @@ TINY = ["--synthetic_size=tiny", "--data.image_size=32", "--vq.width=8", "--vq.d
         "--num_workers=0", "--threads=1", "--log_every=100"]
 
 
-def tiny_llm(folder, texts):
+def tiny_llm(folder, texts, dim=24):
     spm = pytest.importorskip("sentencepiece")
     os.makedirs(folder)
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=os.path.join(folder, "tokenizer"),
                                    vocab_size=60, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
-    cfg = LLaMAConfig(dim=24, n_layers=2, n_heads=3, n_kv_heads=1, hidden_dim=40, vocab_size=60, tie_embeddings=False)
+    cfg = LLaMAConfig(dim=dim, n_layers=2, n_heads=3, n_kv_heads=1, hidden_dim=40, vocab_size=60, tie_embeddings=False)
     torch.manual_seed(0)
     m = LLaMA(cfg)
     names = {o: h for h, o in HF_KEYS.items()}  # ours -> Hugging Face names, the inverse of the loader's map
     names.update({f"layers.{i}.{o}": f"model.layers.{i}.{h}" for i in range(2) for h, o in HF_LAYER_KEYS.items()})
     save_file({names[k]: v.contiguous() for k, v in m.state_dict().items()}, os.path.join(folder, "model.safetensors"))
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 3,
+        json.dump({"hidden_size": dim, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 3,
                    "num_key_value_heads": 1, "vocab_size": 60, "tie_word_embeddings": False, "bos_token_id": 1,
                    "eos_token_id": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}, f)
 

@@ -1,0 +1,281 @@
+"""Training that survives (issue 8): SIGKILL mid-run and mid-checkpoint, then --resume, gives the per-step losses of
+an uninterrupted run bitwise (CPU); a NaN/inf loss or gradient stops the run naming stage, step and term (or is
+skipped with --skip_nonfinite); bad data is skipped and reported end to end with --data.skip_bad, and stops the run
+naming the file/row without; a checkpoint of another configuration is refused naming the setting that differs."""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+import train
+import vq
+from test_pipeline import tiny_llm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # train.main(--threads=1) sets it for the process
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("d") / "synthetic")
+    data.make_synthetic(root, seed=7, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
+    return root
+
+
+def args(root, out, *more):  # 12 videos / 5 = 3 steps per epoch; checkpoints at 2, 4, ..; dev at 3, 6, 8
+    return ["--stage", "vq", f"--data.root={root}", f"--out_dir={out}", "--vq.width=4", "--vq.d=16", "--vq.M=8",
+            "--vq_batch_size=5", "--vq_max_steps=8", "--vq_ckpt_every=2", "--vq_eval_every=3", "--vq_warmup=2",
+            "--vq.reseed_every=2", "--num_workers=0", "--threads=1", "--log_every=100", *more]
+
+
+def log_of(out):
+    """Per-step log lines without the wall-clock time."""
+    return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in open(os.path.join(out, "vq", "log.jsonl"))]
+
+
+def newest(out, tag):
+    return json.load(open(train.checkpoints(os.path.join(out, "vq"), tag)[-1]))
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny, tmp_path_factory):
+    """An uninterrupted run: its log and its final checkpoints."""
+    out = str(tmp_path_factory.mktemp("full"))
+    train.main(args(tiny, out))
+    return log_of(out), newest(out, "ckpt"), newest(out, "best")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIGKILL and --resume
+
+# train.main in a child process that SIGKILLs itself once the temp file of checkpoint file `target` is written, before
+# its fsync and rename (target "": no self-kill; the test kills it from outside)
+DRIVER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import train
+target, real = sys.argv[2], train._fsync_write
+
+def write_then_die(path, write):
+    if os.path.basename(path) == target:
+        write(path + ".tmp")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, write)
+
+train._fsync_write = write_then_die
+train.main(sys.argv[3:])
+"""
+
+
+@pytest.mark.parametrize("target, resumed_at", [
+    ("", None),                           # killed from outside once the log holds step 3
+    ("ckpt-0000004.safetensors", 2),      # mid-checkpoint: the weights' temp file written, not renamed
+    ("best-0000003.json", 2),             # the weights of best-3 renamed, its JSON not: best-3 is incomplete
+    ("ckpt-0000006.safetensors", 4),      # best-6 complete, ckpt-6 not: the resume must go back to best-3
+])
+def test_sigkill_then_resume_gives_the_same_losses(tiny, baseline, tmp_path, target, resumed_at):
+    full, full_ckpt, full_best = baseline
+    out, driver = str(tmp_path / "run"), tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    p = subprocess.Popen([sys.executable, str(driver), REPO, target, *args(tiny, out)], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, t0 = os.path.join(out, "vq", "log.jsonl"), time.time()
+    while not target and p.poll() is None and time.time() - t0 < 120:
+        if os.path.exists(log) and open(log).read().count("\n") >= 3:
+            p.send_signal(signal.SIGKILL)
+        time.sleep(0.002)
+    assert p.wait(120) == -signal.SIGKILL
+    vq_out = os.path.join(out, "vq")
+    ckpts = [train._step_of(j) for j in train.checkpoints(vq_out, "ckpt")]
+    assert ckpts and ckpts[-1] < 8
+    if resumed_at:
+        assert ckpts[-1] == resumed_at and os.path.exists(os.path.join(vq_out, target + ".tmp"))
+    if target == "ckpt-0000006.safetensors":  # dev improved at 6: best-6 is complete, yet best-3 is kept until a
+        # ckpt as new as best-6 is complete, for a resume from ckpt-4 goes back to the best it knew
+        assert [e["step"] for e in full if "dev" in e] == [3, 6, 8] and full[5]["dev"]["loss"] < full[2]["dev"]["loss"]
+        assert [train._step_of(j) for j in train.checkpoints(vq_out, "best")] == [3, 6]
+    rest = train.main(args(tiny, out, "--resume"))
+    assert [m["step"] for m in rest] == list(range(ckpts[-1] + 1, 9))
+    assert log_of(out) == full  # every step once, bitwise equal (losses, grad norms, dev metrics)
+    assert newest(out, "ckpt")["sha256"] == full_ckpt["sha256"] and newest(out, "best")["sha256"] == full_best["sha256"]
+    left = sorted(os.path.basename(f) for f in glob.glob(os.path.join(vq_out, "*")))
+    assert left == sorted([full_ckpt["weights"], full_ckpt["weights"][:-12] + ".json", full_best["weights"],
+                           full_best["weights"][:-12] + ".json", "log.jsonl"])  # no .tmp, no orphan, no stale best
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# NaN / inf
+
+def inject(monkeypatch, at):
+    """Make training step k's L_cp (Eq. 1) NaN (at[k] == 'loss') or its gradient inf (at[k] == 'grad')."""
+    real, steps = vq.context_prediction, []
+
+    def context_prediction(*a, **k):
+        L_cp, m = real(*a, **k)
+        if torch.is_grad_enabled():  # a training step, not the dev evaluation
+            steps.append(len(steps) + 1)
+            if at.get(steps[-1]) == "loss":
+                L_cp = L_cp * float("nan")
+            elif at.get(steps[-1]) == "grad":
+                L_cp.register_hook(lambda g: g * float("inf"))
+        return L_cp, m
+    monkeypatch.setattr(vq, "context_prediction", context_prediction)
+
+
+def test_nonfinite_loss_stops_naming_stage_step_term_and_keeps_the_last_good_checkpoint(tiny, baseline, tmp_path,
+                                                                                        monkeypatch):
+    out = str(tmp_path)
+    inject(monkeypatch, {5: "loss"})
+    with pytest.raises(FloatingPointError, match=r"vq step 5: loss nan, non-finite: L_cp nan, videos \[") as e:
+        train.main(args(tiny, out))
+    assert "L_code" not in str(e.value) and "L_commit" not in str(e.value)  # only the term that is NaN
+    assert [train._step_of(j) for j in train.checkpoints(os.path.join(out, "vq"), "ckpt")] == [4]
+    monkeypatch.undo()
+    train.main(args(tiny, out, "--resume"))  # from that checkpoint: the uninterrupted run, so it was intact and good
+    assert log_of(out) == baseline[0]
+    inject(monkeypatch, {2: "grad"})
+    with pytest.raises(FloatingPointError, match=r"vq step 2: gradient norm (nan|inf) \(loss [0-9.]+\)"):
+        train.main(args(tiny, str(tmp_path / "g")))
+
+
+def test_nonfinite_steps_are_skipped_and_counted_with_the_flag(tiny, baseline, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    inject(monkeypatch, {3: "grad", 5: "loss"})
+    history = train.main(args(tiny, out, "--skip_nonfinite=true"))
+    assert [m.get("skipped_steps", 0) for m in history] == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert log_of(out)[:2] == baseline[0][:2]
+    meta = newest(out, "ckpt")
+    assert meta["step"] == 8 and meta["skipped_steps"] == 2
+    assert set(meta["adam_steps"].values()) == {6.0}  # 8 steps, 2 without an optimizer step
+    assert all(torch.isfinite(v).all() for v in train.load_file(os.path.join(out, "vq", meta["weights"])).values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad data end to end
+
+def test_bad_data_skipped_and_reported_or_stopping_at_the_first(tiny, tmp_path, capsys):
+    root = str(tmp_path / "data")
+    shutil.copytree(tiny, root)
+    samples = data.load_split(root, "train")
+    corrupt, empty, row = samples[1], samples[6], samples[9]
+    png = sorted(glob.glob(os.path.join(corrupt.path, "*.png")))[2]
+    blob = open(png, "rb").read()
+    open(png, "wb").write(blob[: len(blob) // 2])  # a truncated frame
+    for f in glob.glob(os.path.join(empty.path, "*.png")):
+        os.remove(f)  # a video without frames
+    csv = os.path.join(root, data.PHOENIX_CSV.format(split="train"))
+    lines = open(csv).read().splitlines()
+    i = next(k for k, l in enumerate(lines) if l.startswith(row.name + "|"))
+    good = lines[i]
+    lines[i] = good.rsplit("|", 1)[0]  # a row that lost its last field
+    open(csv, "w").write("\n".join(lines) + "\n")
+
+    with pytest.raises(SystemExit, match=rf"line {i + 1}: 6 fields, header has 7"):
+        train.main(args(root, str(tmp_path / "a")))
+    capsys.readouterr()
+    train.main(args(root, str(tmp_path / "b"), "--data.skip_bad=true"))
+    printed = capsys.readouterr()
+    report = printed.out.split("bad sample(s) skipped:")[1]
+    for name in (f"line {i + 1}", corrupt.name, empty.name):
+        assert name in report and name in printed.err
+    assert "unreadable image" in report and "no frames" in report
+    logged = [n for m in log_of(str(tmp_path / "b")) for n in m.get("bad_samples", [])]
+    assert sorted(logged) == sorted([f"line {i + 1}", corrupt.name, empty.name])  # each once, over 8 steps
+    assert log_of(str(tmp_path / "b"))[-1]["step"] == 8
+
+    lines[i] = good
+    open(csv, "w").write("\n".join(lines) + "\n")
+    names = [s.name for s in data.load_split(root, "train")]
+    order = [names[k] for b in train.epoch_batches(len(names), 5, 1337, 0) for _, k in b]
+    first = next(n for n in order if n in (corrupt.name, empty.name))
+    with pytest.raises(SystemExit, match=re.escape(png if first == corrupt.name else empty.path)):
+        train.main(args(root, str(tmp_path / "c")))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a checkpoint of another configuration
+
+TINY = ["--vq.width=4", "--vq.d=16", "--vq.M=8", "--vq_batch_size=6", "--vq_max_steps=2", "--vq_eval_every=2",
+        "--vq_ckpt_every=2", "--cra.m=4", "--cra.R=2", "--cra_hidden=16", "--cra_steps=2", "--ft_batch_size=4",
+        "--ft_max_steps=1", "--num_workers=0", "--threads=1", "--log_every=100"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """vq and cra stages trained with a width-24 LLM; a width-36 LLM beside it. Two steps of VQ-Sign give one code
+    for every clip, so no word: the vocabulary search is replaced by one with two words (not what is tested here)."""
+    base = tmp_path_factory.mktemp("trained")
+    texts = [s.text for s in data.load_split(tiny, "train")] * 3
+    tiny_llm(str(base / "llm24"), texts)
+    tiny_llm(str(base / "llm36"), texts, dim=36)
+    argv = TINY + [f"--data.root={tiny}", f"--out_dir={base / 'out'}", f"--llm={base / 'llm24'}"]
+    train.main(["--stage=vq"] + argv)
+    words = [(c,) for c in range(9)] + [(0, 1), (1, 2, 3)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.cra, "search", lambda seqs, c: train.cra.CRAResult(8, [0.0], 0, words, [1] * len(words)))
+        train.main(["--stage=cra"] + argv)
+    return base, argv
+
+
+def test_mismatched_checkpoint_names_the_setting(trained):
+    base, argv = trained
+    for stage, more, msg in [
+        ("vq", ["--resume", "--vq.M=16"], "vq.M: checkpoint 8, now 16"),        # --resume
+        ("vq", ["--resume", "--vq.d=24"], "vq.d: checkpoint 16, now 24"),
+        ("cra", ["--vq.M=16"], "vq.M: checkpoint 8, now 16"),                   # the next stage loads vq's best
+        ("ft", ["--cra_hidden=32"], "cra_hidden: checkpoint 16, now 32"),       # ft loads cra's best
+        ("ft", ["--vq.M=16"], "vocab.txt: a vocabulary of vq.M = 8 characters, now vq.M = 16"),
+        ("ft", [f"--llm={base / 'llm36'}"], "f projects to width 24 .* has width 36"),
+    ]:
+        with pytest.raises(SystemExit, match=msg):
+            train.main([f"--stage={stage}"] + argv + more)
+
+
+def test_mismatched_vocabulary_or_llm_width_refused_by_load_signllm(trained, tmp_path):
+    import signllm
+    base, argv = trained
+    out, llm = tmp_path / "out", tmp_path / "llm"
+    shutil.copytree(base / "out", out)
+    shutil.copytree(base / "llm24", llm)
+    root = next(a for a in argv if a.startswith("--data.root=")).split("=", 1)[1]
+    video = data.load_split(root, "test")[0].path
+    model, cfg = train.load_signllm(str(out / "cra"))  # the copy loads as it is
+    assert cfg.vq.M == 8
+    # another cra run rewrote vocab.txt: one word's characters differ
+    vocab = out / "cra" / "vocab.txt"
+    lines = vocab.read_text().splitlines()
+    words = [tuple(l.split("\t")[1].split()) for l in lines if not l.startswith("#")]
+    assert words[-2:] == [("0", "1"), ("1", "2", "3")]
+    lines[-1] = lines[-1].split("\t")[0] + "\t2 1 3"  # as many words as before, the last one another
+    vocab.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=r"CRA vocabulary differs .* checkpoint 11 words, now 11; first difference "
+                                         r"at word 10: checkpoint \(1, 2, 3\), now \(2, 1, 3\)"):
+        train.load_signllm(str(out / "cra"))
+    with pytest.raises(SystemExit, match=r"CRA vocabulary differs"):
+        signllm.main(["--ckpt", str(out / "cra"), video])
+    shutil.copy(base / "out" / "cra" / "vocab.txt", vocab)
+    # the LLM folder the checkpoint names now holds a model of another width
+    for j in train.checkpoints(str(out / "cra"), "best"):
+        meta = json.load(open(j))
+        meta["config"]["llm"] = str(llm)  # as if the folder had been moved here
+        json.dump(meta, open(j, "w"))
+    train.load_signllm(str(out / "cra"))
+    shutil.rmtree(llm)
+    shutil.copytree(base / "llm36", llm)
+    with pytest.raises(SystemExit, match=r"f projects to width 24 .* has width 36"):
+        signllm.main(["--ckpt", str(out / "cra"), video])
