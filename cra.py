@@ -466,13 +466,17 @@ class SignTokens(nn.Module):
         c = g(x, mask)  # (n_words, L, d)
         return c[torch.arange(len(c), device=x.device), self.word_len - 1]  # (n_words, d)
 
-    def mmd_loss(self, codebook, g, text_embeddings, S_w=None):
+    def mmd_loss(self, codebook, g, text_embeddings, S_w=None, words=True):
         """Eq. 6 at both levels: MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training,
-        against the LLM's input embeddings of the text tokens of the training translations."""
+        against the LLM's input embeddings of the text tokens of the training translations. words=False: the
+        character level alone, over all M of VQ-Sign's codes, no s0 (Table 5 "w/o codebook reconstruction"; `used`
+        counts a character only where the segmentation leaves it alone, not inside words)."""
         if self.text_ids.numel() == 0 or self.sigmas.numel() == 0:
             raise ValueError("SignTokens has no text_ids / sigmas: they are set by the cra stage")
         q = text_embeddings[self.text_ids].float()  # (n_t, d_llm), the frozen LLM's: no gradient
         sig = self.sigmas.tolist()
+        if not words:
+            return mmd(self.f(codebook.float()), q, sig)
         chars = self.f(self.char_table(codebook)[self.used[: self.n_chars + 1]].float())  # (n_c, d_llm)
         S_w = self.word_table(codebook, g) if S_w is None else S_w  # a caller that has S_w passes it
         words = self.f(S_w[self.used].float())  # (n_w, d_llm)

@@ -30,23 +30,98 @@ class SignLLMConfig:
     lambda_sim: float = 1.0      # lambda_2 (Sec. 4.1)
     max_new_tokens: int = 40
     beams: int = 1               # 1 = greedy
+    # ablations (Tables 3-5 of the paper); the defaults are SignLLM itself
+    tokens: str = "words"        # words: CRA's word tokens (Sec. 3.3); chars: VQ-Sign's Z_hat, one per clip, straight
+                                 # into f (Table 5 "w/o codebook reconstruction"); features: E_v's continuous z, no
+                                 # quantization and no L_VQ (Table 4 "encoder only")
+    decoder: str = "llm"         # llm: the frozen LLM; transformer: a small trainable one (Table 3 "w/o LLM")
+    decoder_layers: int = 2      # encoder and decoder layers of that transformer
+
+
+class SmallTranslator(nn.Module):
+    """Table 3 "w/o LLM": a small encoder-decoder transformer (torch's layers, post-norm), trained from scratch
+    in place of the frozen LLM, reading the same sign sentence W (without the text prompt). The paper uses mBART; ours
+    is a few layers. Its vocabulary: the LLM tokenizer's tokens of the training translations (CRA's text_ids) and
+    eos, as local ids 1.. (0 is the start token), with the output layer tied to its input embedding."""
+
+    def __init__(self, d, text_ids, eos_id, layers, max_len=1024):
+        super().__init__()
+        if not len(text_ids):
+            raise ValueError("decoder=transformer needs CRA's text_ids (the training translations' tokens): run cra")
+        ids = [eos_id] + [i for i in text_ids if i != eos_id]
+        self.register_buffer("vocab", torch.tensor([-1] + ids))  # local id -> tokenizer id (0: start, no token)
+        self.local = {t: i for i, t in enumerate(ids, 1)}
+        self.embed, self.pos = nn.Embedding(len(ids) + 1, d), nn.Embedding(max_len, d)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, batch_first=True), layers,
+                                         enable_nested_tensor=False)
+        self.dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, 4, 2 * d, batch_first=True), layers)
+
+    def decode(self, memory, W_mask, y):
+        """Logits (B, T, V) of the token after each of y (B, T) local ids, given the encoded sign sentence."""
+        T = y.shape[1]
+        causal = torch.triu(torch.full((T, T), float("-inf"), device=y.device), 1)  # (T, T)
+        h = self.dec(self.embed(y) + self.pos.weight[:T], memory, tgt_mask=causal, memory_key_padding_mask=~W_mask)
+        return h @ self.embed.weight.t()  # (B, T, d) @ (d, V) -> (B, T, V)
+
+    def encode(self, W, W_mask):
+        return self.enc(W.float() + self.pos.weight[:W.shape[1]], src_key_padding_mask=~W_mask)  # (B, L, d)
+
+    def loss(self, W, W_mask, targets):
+        """Cross-entropy of the targets (tokenizer ids, eos last), teacher-forced: L_sim with this decoder."""
+        unknown = {t for tg in targets for t in tg} - set(self.local)
+        if unknown:
+            raise ValueError(f"target tokens {sorted(unknown)[:8]} are not in the small decoder's vocabulary")
+        T = max(len(t) for t in targets)
+        gold = torch.zeros(len(targets), T, dtype=torch.long, device=W.device)  # (B, T) local ids, 0 = padding
+        for b, t in enumerate(targets):
+            gold[b, :len(t)] = torch.tensor([self.local[i] for i in t])
+        y = F.pad(gold[:, :-1], (1, 0))  # (B, T): the start token, then the targets shifted right
+        logits = self.decode(self.encode(W, W_mask), W_mask, y)
+        return F.cross_entropy(logits[gold > 0].float(), gold[gold > 0])
+
+    @torch.no_grad()
+    def generate(self, W, W_mask, max_new_tokens):
+        """Greedy decoding -> one list of tokenizer ids per video (eos excluded)."""
+        memory = self.encode(W, W_mask)
+        y = torch.zeros(W.shape[0], 1, dtype=torch.long, device=W.device)
+        for _ in range(max_new_tokens):  # no cache: the whole prefix again at each step (a few layers, short text)
+            logits = self.decode(memory, W_mask, y)[:, -1]  # (B, V)
+            logits[:, 0] = float("-inf")  # the start token is never written
+            y = torch.cat([y, logits.argmax(-1, keepdim=True)], 1)  # (B, t + 1)
+        out = []
+        for row in y[:, 1:].tolist():
+            row = row[:row.index(1)] if 1 in row else row  # local id 1 is eos
+            out.append(self.vocab[row].tolist())
+        return out
 
 
 class SignLLM(nn.Module):
     def __init__(self, vq, cra, llm, tok, cfg: SignLLMConfig):
         super().__init__()
+        if cfg.tokens not in ("words", "chars", "features") or cfg.decoder not in ("llm", "transformer"):
+            raise ValueError(f"SignLLMConfig: tokens must be words/chars/features (got {cfg.tokens!r}), decoder "
+                             f"llm/transformer (got {cfg.decoder!r})")
         self.vq, self.cra, self.cfg = vq, cra, cfg
+        self.decoder = (SmallTranslator(llm.cfg.dim, cra.text_ids.tolist(), tok.eos_id, cfg.decoder_layers)
+                        if cfg.decoder == "transformer" else None)
         # the LLM is frozen and comes from its own checkpoint: kept out of our modules, state dicts and optimizer
         self.__dict__["llm"], self.__dict__["tok"] = llm, tok
         text = tok.chat(cfg.prompt.format(language=cfg.language, sign="\0"))
         before, after = text.split("\0")
         self.prompt_before, self.prompt_after = tok.encode(before, bos=False), tok.encode(after)
+        if cfg.lambda_mmd and cfg.tokens == "features":
+            raise ValueError("tokens=features (encoder only) has no token codebook for L_MMD: set lambda_mmd=0")
         if cfg.lambda_mmd and cra.text_ids.numel() == 0:
             raise ValueError("CRA holds no text token ids for L_MMD: run the cra stage first")
 
-    def sign_sentence(self, idx, S_w=None):
+    def sign_sentence(self, idx, S_w=None, z=None):
         """Character tokens idx (B, T) (-1 = padding) -> W (B, L, llm dim) and its mask (B, L): Sec. 3.3's word
-        tokens, projected by f. S_w: the word codebook, if the caller has computed it already."""
+        tokens, projected by f. S_w: the word codebook, if the caller has computed it already. Ablations: the
+        characters Z_hat themselves (tokens=chars) or the clip features z (B, T, d) (tokens=features), one per clip."""
+        if self.cfg.tokens == "features":
+            return self.cra.f(z), idx >= 0  # (B, T, llm dim)
+        if self.cfg.tokens == "chars":  # no repeat pre-processing either: that is CRA's first step
+            return self.cra.f(self.vq.codebook[idx.clamp(min=0)]), idx >= 0  # (B, T, llm dim)
         words = [self.cra.sentence(row[row >= 0].tolist()) for row in idx]
         L = max(len(w) for w in words)
         ids = torch.zeros(len(words), L, dtype=torch.long, device=idx.device)
@@ -81,6 +156,8 @@ class SignLLM(nn.Module):
     def L_sim(self, W, W_mask, texts):
         """Cross-entropy of the target tokens (text + eos) given prompt and W: Sec. 3.4's L_sim."""
         targets = [self.tok.encode(t) + [self.tok.eos_id] for t in texts]
+        if self.decoder is not None:
+            return self.decoder.loss(W, W_mask, targets)
         embeds, mask, starts = self.prompt_embeds(W, W_mask, targets)
         h = self.llm(embeds=embeds, attn_mask=mask, hidden=True)  # (B, T, dim): logits only where needed
         pos = torch.cat([torch.arange(s - 1, s - 1 + len(t)) for s, t in zip(starts, targets)]).to(W.device)
@@ -89,17 +166,30 @@ class SignLLM(nn.Module):
         gold = torch.tensor([i for t in targets for i in t], device=W.device)
         return F.cross_entropy(logits.float(), gold)
 
+    def L_mmd(self, S_w=None):
+        """Eq. 6 against the frozen LLM's input embeddings: characters and words, or characters alone when they are
+        what the LLM reads (tokens=chars)."""
+        E = self.llm.tok_embeddings.weight
+        return self.cra.mmd_loss(self.vq.codebook, self.vq.g, E, S_w, words=self.cfg.tokens == "words")
+
     def forward(self, batch):
-        """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics)."""
-        L_vq, metrics, idx = self.vq(batch)  # Eq. 2
-        S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # once per step: used by W and by L_MMD
-        W, W_mask = self.sign_sentence(idx, S_w)
+        """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics). No L_VQ with k-means codes
+        or continuous features (the ablations of Table 5 row 1 and Table 4 row 1)."""
+        z, metrics, S_w = None, {}, None
+        if self.vq.config.quantizer == "vq" and self.cfg.tokens != "features":
+            L_vq, m, idx = self.vq(batch)  # Eq. 2
+            metrics = {"L_VQ": L_vq.item(), "cp_acc": m["cp_acc"], "usage": m["usage"]}
+        else:
+            z, _, idx = self.vq.encode(batch["frames"], batch["clip_mask"])
+            L_vq = z.new_zeros(())
+        if self.cfg.tokens == "words":
+            S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # once per step: used by W and by L_MMD
+        W, W_mask = self.sign_sentence(idx, S_w, z)
         L_sim = self.L_sim(W, W_mask, batch["text"])
         loss = L_vq + self.cfg.lambda_sim * L_sim
-        metrics = {"L_VQ": L_vq.item(), "L_sim": L_sim.item(), "words": W_mask.sum(1).float().mean().item(),
-                   "cp_acc": metrics["cp_acc"], "usage": metrics["usage"]}
+        metrics.update(L_sim=L_sim.item(), words=W_mask.sum(1).float().mean().item())
         if self.cfg.lambda_mmd:
-            L_mmd = self.cra.mmd_loss(self.vq.codebook, self.vq.g, self.llm.tok_embeddings.weight, S_w)  # Eq. 6
+            L_mmd = self.L_mmd(S_w)  # Eq. 6
             loss = loss + self.cfg.lambda_mmd * L_mmd
             metrics["L_MMD"] = L_mmd.item()
         metrics["loss"] = loss.item()
@@ -108,11 +198,16 @@ class SignLLM(nn.Module):
     @torch.no_grad()
     def translate(self, frames, clip_mask, beams=None, max_new_tokens=None):
         """A batch of videos (data.collate's frames and clip_mask) -> list of translations."""
-        _, _, idx = self.vq.encode(frames, clip_mask)
-        W, W_mask = self.sign_sentence(idx)
+        z, _, idx = self.vq.encode(frames, clip_mask)
+        W, W_mask = self.sign_sentence(idx, z=z)
+        beams, max_new_tokens = beams or self.cfg.beams, max_new_tokens or self.cfg.max_new_tokens
+        if self.decoder is not None:
+            if beams > 1:
+                raise ValueError(f"decoder=transformer decodes greedily only; got beams={beams} (set eval_beams=1)")
+            return [self.tok.decode(o).strip() for o in self.decoder.generate(W, W_mask, max_new_tokens)]
         embeds, mask, _ = self.prompt_embeds(W, W_mask)
-        out = self.llm.generate(embeds=embeds, attn_mask=mask, beams=beams or self.cfg.beams,
-                                max_new_tokens=max_new_tokens or self.cfg.max_new_tokens, eos_id=self.tok.eos_id)
+        out = self.llm.generate(embeds=embeds, attn_mask=mask, beams=beams, max_new_tokens=max_new_tokens,
+                                eos_id=self.tok.eos_id)
         return [self.tok.decode(o).strip() for o in out]
 
 

@@ -28,7 +28,7 @@ from cra import CRAConfig
 from data import DataConfig
 from llama import LLaMA, Tokenizer, smollm2
 from signllm import SignLLM, SignLLMConfig
-from vq import VQConfig, VQSign, codebook_usage, token_alignment
+from vq import VQConfig, VQSign, codebook_usage, kmeans, token_alignment
 
 
 @dataclass
@@ -61,6 +61,8 @@ class TrainConfig:
     cra_hidden: int = 1024        # width of f's hidden layer (the paper: "two fc-layers with ReLU", no width given)
     cra_lr: float = 0.001
     cra_steps: int = 200          # Adam steps on L_MMD (our choice: the paper gives no schedule for this sub-stage)
+    cra_vocab: str = ""           # a vocab.txt to use instead of searching (the report's rows share one search)
+    kmeans_encoder: str = ""      # vq.quantizer=kmeans: a training output folder (an encoder-only run's out/ft)
     # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
     ft_lr: float = 0.001          # Sec. 4.1
     ft_min_lr: float = 0.0001     # cosine decay (ours)
@@ -522,6 +524,8 @@ def evaluate_vq(model, dev_set, cfg, device):
 
 
 def stage_vq(cfg):
+    if cfg.vq.quantizer == "kmeans":
+        return stage_kmeans(cfg)
     device = device_of(cfg)
     skipped = []
     train_set, dev_set = prepare_data(cfg, skipped)
@@ -550,32 +554,75 @@ def load_llm(cfg, device):
 
 def build_signllm(cfg, device, ckpt_dir=None):
     """SignLLM from the cra stage's vocabulary (out/cra/vocab.txt) and the newest 'best' checkpoint of ckpt_dir
-    (default: out/cra). The LLM is loaded on its own: it is never part of our checkpoints."""
+    (default: out/cra). The LLM is loaded on its own: it is never part of our checkpoints. Ablations: the
+    encoder-only model (signllm.tokens=features) has no vocabulary and no cra stage, and ft starts it from scratch;
+    the small decoder of "w/o LLM" (signllm.decoder=transformer) is not in the cra checkpoint and starts afresh."""
     cra_out = os.path.join(cfg.out_dir, "cra")
     ckpt_dir = ckpt_dir or cra_out
-    res = cra.load_vocab(os.path.join(cra_out, "vocab.txt"))
-    if res.n_chars != cfg.vq.M:
-        raise SystemExit(f"{cra_out}/vocab.txt: a vocabulary of vq.M = {res.n_chars} characters, now vq.M = {cfg.vq.M}")
+    scratch = cfg.signllm.tokens == "features" and ckpt_dir == cra_out
     found = checkpoints(ckpt_dir, "best")
-    if not found:
+    if not found and not scratch:
         raise SystemExit(f"no best checkpoint in {ckpt_dir}: run the stage that writes it first")
-    meta = json.load(open(found[-1]))
-    with safe_open(os.path.join(ckpt_dir, meta["weights"]), "pt") as f:
-        text_ids, sigmas = f.get_tensor("model.cra.text_ids").tolist(), f.get_tensor("model.cra.sigmas").tolist()
-        width = f.get_slice("model.cra.f.fc2.weight").get_shape()[0]  # f: d -> the LLM's width
+    M = cfg.vq.M
+    if cfg.signllm.tokens == "features":  # no tokens: SignTokens over the bare characters only holds f
+        vocab, freqs, text_ids, sigmas, width = [(c,) for c in range(M + 1)], [0] * (M + 1), [], [], None
+    else:
+        res = cra.load_vocab(os.path.join(cra_out, "vocab.txt"))
+        if res.n_chars != M:
+            raise SystemExit(f"{cra_out}/vocab.txt: a vocabulary of vq.M = {res.n_chars} characters, now vq.M = {M}")
+        vocab, freqs = res.vocab, res.freqs
+        meta = json.load(open(found[-1]))
+        with safe_open(os.path.join(ckpt_dir, meta["weights"]), "pt") as f:
+            text_ids, sigmas = f.get_tensor("model.cra.text_ids").tolist(), f.get_tensor("model.cra.sigmas").tolist()
+            width = f.get_slice("model.cra.f.fc2.weight").get_shape()[0]  # f: d -> the LLM's width
     llm, tok = load_llm(cfg, device)
-    if width != llm.cfg.dim:
+    if width is not None and width != llm.cfg.dim:
         raise SystemExit(f"{found[-1]}: f projects to width {width} (trained with llm={meta['config']['llm']!r}), "
                          f"the LLM now (llm={cfg.llm!r}) has width {llm.cfg.dim}: pass the LLM it was trained with")
-    tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
+    tokens = cra.SignTokens(vocab, freqs, M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
     model = SignLLM(VQSign(cfg.vq), tokens, llm, tok, cfg.signllm).to(device)
-    load_checkpoint(ckpt_dir, "best", model, cfg=cfg)
+    if not scratch:
+        fresh_decoder = model.decoder is not None and ckpt_dir == cra_out
+        load_checkpoint(ckpt_dir, "best", torch.nn.ModuleDict({"vq": model.vq, "cra": model.cra}) if fresh_decoder
+                        else model, cfg=cfg)
     return model
 
 
+def save_untrained(cfg, out, model):
+    """Write `model` as out's 'best' checkpoint without training it (k-means centroids; f and s0 without L_MMD)."""
+    if (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
+        raise SystemExit(f"{out} holds checkpoints: pass --overwrite to replace them")
+    tidy_checkpoints(out, drop_after=-1)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    save_checkpoint(out, "best", model, torch.optim.Adam([p for _, p in named]), [n for n, _ in named],
+                    dict(step=0, best_dev=0.0, dev={}), cfg)
+
+
+def stage_kmeans(cfg):
+    """Table 5 "w/o VQ-Sign": E_v is pre-trained with L_sim instead of L_VQ, i.e. it is the encoder of an
+    encoder-only run (Table 4 row 1: z -> f -> frozen LLM, where L_sim reaches E_v directly, no quantizer in the
+    way); its train-set clip features are quantized by k-means with k = M, and the centroids become the frozen
+    character codebook, written as out/vq's checkpoint so that cra and ft read it as usual. In ft nothing reaches
+    E_v afterwards: the word ids are discrete, as in SignLLM itself, where E_v moves by L_VQ only (no L_VQ here)."""
+    if not cfg.kmeans_encoder:
+        raise SystemExit("vq.quantizer=kmeans needs --kmeans_encoder=FOLDER, an encoder-only run's out/ft")
+    device = device_of(cfg)
+    train_set, _ = prepare_data(cfg)
+    source, _ = load_signllm(cfg.kmeans_encoder)
+    vq = VQSign(cfg.vq).to(device)
+    vq.encoder.load_state_dict(source.vq.encoder.state_dict(), strict=True)
+    plain = data.SignDataset(train_set.samples, cfg.data, train=False)
+    z = torch.cat(tokenize_videos(vq, plain, cfg, device, features=True))  # (clips, d)
+    with torch.no_grad():
+        vq.codebook.copy_(kmeans(z, cfg.vq.M, seed=cfg.seed).to(vq.codebook.dtype))
+    print(f"k-means: {cfg.vq.M} centroids of {len(z)} clip features of {cfg.kmeans_encoder}'s encoder")
+    save_untrained(cfg, os.path.join(cfg.out_dir, "vq"), vq)
+
+
 @torch.no_grad()
-def tokenize_videos(vq, dataset, cfg, device):
-    """Character tokens of every video of a data set (eval mode, no augmentation)."""
+def tokenize_videos(vq, dataset, cfg, device, features=False):
+    """Character tokens of every video of a data set (eval mode, no augmentation); features=True: the clip features
+    z (clips, d) of each video instead."""
     vq.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dataset)))]
                for j in range(0, len(dataset), cfg.vq_batch_size)]
@@ -583,7 +630,11 @@ def tokenize_videos(vq, dataset, cfg, device):
     for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
                       desc="tokenize", dynamic_ncols=True):
         batch = to_device(batch, device)
-        seqs += vq.tokenize_batch(batch["frames"], batch["clip_mask"])
+        if features:
+            z, _, idx = vq.encode(batch["frames"], batch["clip_mask"])
+            seqs += [zb[ib >= 0].cpu() for zb, ib in zip(z, idx)]
+        else:
+            seqs += vq.tokenize_batch(batch["frames"], batch["clip_mask"])
     return seqs
 
 
@@ -606,11 +657,18 @@ def stage_cra(cfg):
     skipped = []
     train_set, _ = prepare_data(cfg, skipped)
     out = os.path.join(cfg.out_dir, "cra")
+    if cfg.signllm.tokens == "features":
+        raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
     vq = VQSign(cfg.vq).to(device)
     load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
-    plain = data.SignDataset(train_set.samples, cfg.data, train=False)
-    seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg, device)]  # repeats -> s0
-    res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
+    if cfg.cra_vocab:  # a search done already, for the same characters
+        res = cra.load_vocab(cfg.cra_vocab)
+        if res.n_chars != cfg.vq.M:
+            raise SystemExit(f"{cfg.cra_vocab}: vocabulary of {res.n_chars} characters, vq.M is {cfg.vq.M}")
+    else:
+        plain = data.SignDataset(train_set.samples, cfg.data, train=False)
+        seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg, device)]  # repeats -> s0
+        res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
     for r, h in enumerate(res.entropies):  # Eq. 3 via Eq. 4; r = 0 is the character-level codebook
         print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
               f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
@@ -622,17 +680,19 @@ def stage_cra(cfg):
     text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text)})  # the target language's tokens
     sigmas = cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float())
     tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.cra_hidden, text_ids, sigmas)
-    model = SignLLM(vq, tokens, llm, tok, cfg.signllm).to(device)
+    # whatever decodes later (decoder=transformer too), this stage aligns f with the LLM's embeddings (Eq. 6)
+    model = SignLLM(vq, tokens, llm, tok, dataclasses.replace(cfg.signllm, decoder="llm")).to(device)
     model.vq.requires_grad_(False)  # the cra stage trains f and s0 only: VQ-Sign's tokens stay as pre-trained
-    E = llm.tok_embeddings.weight
+    if not cfg.signllm.lambda_mmd:  # Table 5 "w/o sign-text alignment": f and s0 go to ft as initialized
+        return save_untrained(cfg, out, model)
 
     def loss_fn(m, batch):
-        loss = m.cra.mmd_loss(m.vq.codebook, m.vq.g, E)
+        loss = m.L_mmd()
         return loss, {"L_MMD": loss.item()}
 
     def evaluate(m):
         with torch.no_grad():
-            return {"loss": m.cra.mmd_loss(m.vq.codebook, m.vq.g, E).item()}
+            return {"loss": m.L_mmd().item()}
 
     n = cfg.cra_steps
     return fit(cfg, "cra", model, Steps(n), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,

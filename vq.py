@@ -237,6 +237,8 @@ class VQConfig:
     center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
     reseed_every: int = 20     # steps; codes unused that long are re-seeded from batch features (0: off). Not in paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
+    quantizer: str = "vq"      # vq: the codebook learned with Eq. 2; kmeans: k-means centroids of the clip features,
+                               # frozen, no L_VQ (Table 5 "w/o VQ-Sign"; train.py's stage vq computes them)
 
 
 class VQSign(nn.Module):
@@ -245,10 +247,13 @@ class VQSign(nn.Module):
         self.config = cfg = config
         if cfg.negatives not in ("batch", "video"):
             raise ValueError(f"VQConfig.negatives must be 'batch' or 'video', got {cfg.negatives!r}")
+        if cfg.quantizer not in ("vq", "kmeans"):
+            raise ValueError(f"VQConfig.quantizer must be 'vq' or 'kmeans', got {cfg.quantizer!r}")
         self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center)  # E_v
         if cfg.resnet_weights:
             load_resnet18_weights(self.encoder.resnet, cfg.resnet_weights)
         self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d))  # S^c = {s_i}, random init (Sec. 3.2)
+        self.codebook.requires_grad_(cfg.quantizer == "vq")  # k-means centroids stay where k-means put them
         self.g = ContextGRU(cfg.d)
         self.W = nn.ModuleList(nn.Linear(cfg.d, cfg.d) for _ in range(cfg.K))  # W_k, one per future step k
         self.register_buffer("code_hits", torch.zeros(cfg.M))  # clips per code since the last re-seed check
@@ -345,6 +350,24 @@ def codebook_usage(idx, M):
     p = torch.bincount(idx, minlength=M).double() / max(len(idx), 1)
     H = -(p[p > 0] * p[p > 0].log()).sum()
     return float((p > 0).double().mean()), float(H.exp())
+
+
+def kmeans(x, k, iters=50, seed=0):
+    """Lloyd's k-means (Table 5 "w/o VQ-Sign" quantizes E_v's features with it): x (n, d) -> centroids (k, d),
+    started from k distinct rows of x drawn with `seed`; a cluster that empties keeps its centroid (our choice)."""
+    if len(x) < k:
+        raise ValueError(f"kmeans: {len(x)} points for k = {k} clusters")
+    x = x.double()
+    c = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()  # (k, d)
+    for _ in range(iters):
+        a = (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.t() + c.pow(2).sum(1)).argmin(1)  # (n, d) @ (d, k): nearest
+        n = torch.bincount(a, minlength=k)
+        s = torch.zeros_like(c).index_add_(0, a, x)  # (k, d) per-cluster sums
+        new = torch.where(n[:, None] > 0, s / n.clamp(min=1)[:, None], c)
+        if torch.equal(new, c):
+            break
+        c = new
+    return c
 
 
 def token_alignment(codes, labels):

@@ -47,16 +47,12 @@ def word_spans(chars, tokens):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--ckpt", default="out/ft")
-    p.add_argument("--split", default="dev")
-    args = p.parse_args()
-    model, cfg = train.load_signllm(args.ckpt)
+def token_figures(model, cfg, split):
+    """The figures of this benchmark for one split, as a dict (bench/report.py puts them in its table)."""
     gt = data.read_ground_truth(cfg.data.root)["videos"]
-    ds = data.SignDataset(data.load_split(cfg.data.root, args.split), cfg.data, train=False)
+    ds = data.SignDataset(data.load_split(cfg.data.root, split), cfg.data, train=False)
     words, word_gloss, chars, char_gloss, char_prim = [], [], [], [], []
-    inside, n_words, n_glosses = 0, 0, 0
+    inside, n_glosses = 0, 0
     for i in range(len(ds)):
         batch = data.collate([ds[i]])
         codes = model.vq.tokenize_batch(batch["frames"], batch["clip_mask"])[0]
@@ -72,21 +68,33 @@ def main():
             first = label_at(v["glosses"], data.CLIP_STRIDE * a + data.CLIP_LEN // 2)
             last = label_at(v["glosses"], data.CLIP_STRIDE * b + data.CLIP_LEN // 2)
             inside += first == last
-        n_words += len(word_spans(codes, model.cra))
         n_glosses += len(v["glosses"])
     ids = lambda xs: torch.tensor([hash(x) % (1 << 61) if isinstance(x, str) else x for x in xs])  # noqa: E731
-    pw, nw = token_alignment(torch.tensor(words), ids(word_gloss))
-    pc, nc = token_alignment(torch.tensor(chars), ids(char_gloss))
-    pp, np_ = token_alignment(torch.tensor(chars), ids(char_prim))
     M, vocab = model.cra.n_chars, model.cra.vocab
-    print(f"{args.split}: {len(ds)} videos, {len(chars)} clips, {n_words} word tokens for {n_glosses} glosses "
-          f"({n_words / n_glosses:.2f} words per gloss); vocabulary {len(vocab) - M - 1} words + {M + 1} characters, "
-          f"{sum(len(w) > 1 for w in (vocab[x] for x in words)) / len(words):.2%} of word tokens are multi-character")
-    print(f"words vs glosses:          purity {pw:.3f}  NMI {nw:.3f}")
-    print(f"characters vs glosses:     purity {pc:.3f}  NMI {nc:.3f}")
-    print(f"characters vs primitives:  purity {pp:.3f}  NMI {np_:.3f}")
-    print(f"word spans inside one gloss (first and last clip centre in the same gloss): {inside / len(words):.2%}")
-    print(f"true lexicon: {len(data.GLOSSES)} glosses; chosen codebook size: {len(vocab)} tokens")
+    f = dict(videos=len(ds), clips=len(chars), word_tokens=len(words), glosses=n_glosses,
+             vocab_words=len(vocab) - M - 1, vocab_chars=M + 1, lexicon=len(data.GLOSSES),
+             multi_char=sum(len(vocab[x]) > 1 for x in words) / len(words), inside=inside / len(words))
+    f["word_purity"], f["word_nmi"] = token_alignment(torch.tensor(words), ids(word_gloss))
+    f["char_gloss_purity"], f["char_gloss_nmi"] = token_alignment(torch.tensor(chars), ids(char_gloss))
+    f["char_purity"], f["char_nmi"] = token_alignment(torch.tensor(chars), ids(char_prim))
+    return f
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--ckpt", default="out/ft")
+    p.add_argument("--split", default="dev")
+    args = p.parse_args()
+    model, cfg = train.load_signllm(args.ckpt)
+    f = token_figures(model, cfg, args.split)
+    print(f"{args.split}: {f['videos']} videos, {f['clips']} clips, {f['word_tokens']} word tokens for {f['glosses']} "
+          f"glosses ({f['word_tokens'] / f['glosses']:.2f} words per gloss); vocabulary {f['vocab_words']} words + "
+          f"{f['vocab_chars']} characters, {f['multi_char']:.2%} of word tokens are multi-character")
+    print(f"words vs glosses:          purity {f['word_purity']:.3f}  NMI {f['word_nmi']:.3f}")
+    print(f"characters vs glosses:     purity {f['char_gloss_purity']:.3f}  NMI {f['char_gloss_nmi']:.3f}")
+    print(f"characters vs primitives:  purity {f['char_purity']:.3f}  NMI {f['char_nmi']:.3f}")
+    print(f"word spans inside one gloss (first and last clip centre in the same gloss): {f['inside']:.2%}")
+    print(f"true lexicon: {f['lexicon']} glosses; chosen codebook size: {f['vocab_words'] + f['vocab_chars']} tokens")
 
 
 if __name__ == "__main__":
