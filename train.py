@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -45,6 +46,8 @@ class TrainConfig:
     make_synthetic: bool = True   # preset synthetic: generate data.root if it is missing
     synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
     log_every: int = 1            # one log line every this many steps
+    grad_accum: int = 1           # micro-batches per process per optimizer step (a stage's batch size is the global one)
+    checkpoint_llm: bool = False  # recompute the LLM blocks' activations in backward: less memory, ~1/3 more compute
     # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
     vq_lr: float = 0.01           # Adam (Sec. 4.1)
     vq_min_lr: float = 0.0005     # cosine decay to this after warm-up (our choice: the paper gives only the initial lr)
@@ -203,17 +206,40 @@ def loader(items, batches, num_workers, collate_fn=data.collate):
                                        generator=torch.Generator().manual_seed(0))
 
 
+def rank_world():
+    """(rank, number of processes) under torchrun, (0, 1) otherwise."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def my_share(batches):
+    """This process's contiguous share of an evaluation's batches (all of them in one process)."""
+    rank, world = rank_world()
+    k = math.ceil(len(batches) / world)
+    return batches[rank * k:(rank + 1) * k]
+
+
+def gather(obj):
+    """[rank 0's obj, rank 1's obj, ...]: in rank order, so my_share's shares concatenate in the split's order."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def to_device(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def prepare_data(cfg):
     root = cfg.data.root
-    if not os.path.exists(root):
+    if not os.path.exists(root) and rank_world()[0] == 0:
         if not (cfg.make_synthetic and cfg.preset == "synthetic"):
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
         data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
+    if dist.is_initialized():
+        dist.barrier()  # under torchrun the other ranks read it once rank 0 has written it
     train = data.SignDataset(data.load_split(root, "train", cfg.data.skip_bad), cfg.data, train=True)
     dev = data.SignDataset(data.load_split(root, "dev", cfg.data.skip_bad), cfg.data, train=False)
     return train, dev
@@ -333,15 +359,54 @@ def cosine_lr(step, lr, min_lr, warmup, total):
     return min_lr + 0.5 * (1 + math.cos(math.pi * u)) * (lr - min_lr)
 
 
+class LossOf(torch.nn.Module):
+    """loss_fn(model, batch, first) as a module's forward: DDP syncs gradients only of what runs through its forward."""
+
+    def __init__(self, model, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, first):
+        return self.loss_fn(self.model, batch, first)
+
+
+def mean_metrics(ms, device):
+    """Each metric's mean over this process's micro-batches, then over the processes: the global batch's."""
+    keys = list(ms[0])
+    t = torch.tensor([[float(m[k]) for k in keys] for m in ms], dtype=torch.float64, device=device).mean(0)  # (keys,)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, t)}
+
+
 def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
         grad_clip, eval_every, ckpt_every, collate_fn=data.collate):
-    """Adam on every trainable parameter of `model`; loss_fn(model, batch) -> (loss, metrics dict);
-    evaluate(model) -> dev metrics dict with a 'loss'. Returns the per-step metrics."""
+    """Adam on every trainable parameter of `model`; loss_fn(model, batch, first) -> (loss, metrics dict), first:
+    the step's first micro-batch; evaluate(model) -> dev metrics dict with a 'loss'. Returns the per-step metrics.
+
+    Under torchrun each global batch of `batch_size` videos is cut into world x grad_accum micro-batches, strided
+    (like a DistributedSampler): process `rank` takes items a * world + rank, + world * grad_accum, ... as its
+    micro-batch a. They depend on world * grad_accum only, and BatchNorm's statistics are per micro-batch (VQ-Sign is
+    BatchNorm throughout; SyncBatchNorm refuses CPU tensors), so 2 processes x grad_accum 1 compute what 1 process
+    x grad_accum 2 does, up to float rounding. Gradients are all-reduced on the last micro-step only, checkpoints
+    and the log are rank 0's, every rank resumes from the same checkpoint."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     opt = torch.optim.Adam([p for _, p in named], lr=lr)
-    per_epoch = math.ceil(len(train_set) / batch_size)
+    (rank, world), A = rank_world(), cfg.grad_accum
+    parts = world * A  # micro-batches per global batch
+    if A < 1 or batch_size < parts:
+        raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum {A}")
+    net = LossOf(model, loss_fn)
+    if world > 1:
+        # broadcast_buffers=False: BatchNorm's running statistics stay per rank (rank 0's are synced before each
+        # evaluation), VQ-Sign's code_hits are all-reduced by VQ-Sign itself. find_unused_parameters: a batch of
+        # short videos leaves the W_k with k >= T unused, lambda_mmd = 0 leaves s0 unused.
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                        else None, broadcast_buffers=False, find_unused_parameters=True)
+    per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
     total = max_steps if max_steps > 0 else epochs * per_epoch
     state = dict(step=0, best_dev=float("inf"), dev={})
     if cfg.resume:
@@ -355,29 +420,38 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     elif checkpoints(out, "ckpt") or checkpoints(out, "best"):
         if not cfg.overwrite:
             raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
-        for j in checkpoints(out, "ckpt") + checkpoints(out, "best"):
+        for j in checkpoints(out, "ckpt") + checkpoints(out, "best") if rank == 0 else []:
             os.remove(j[:-5] + ".safetensors")
             os.remove(j)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
-    kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) else []
-    log = open(log_path, "w")
+    kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) and rank == 0 else []
+    log = open(log_path if rank == 0 else os.devnull, "w")
     log.writelines(l for l in kept if json.loads(l)["step"] <= state["step"])
     items, history = SeededItems(train_set, cfg.seed), []
-    bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
     while state["step"] < total:
         epoch, first = divmod(state["step"], per_epoch)
         model.train()
-        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:]
-        for batch in loader(items, batches, cfg.num_workers, collate_fn):
-            t0, step = time.time(), state["step"]
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
-            loss, m = loss_fn(model, to_device(batch, device))
+        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
+        micro = [b[a * world + rank::parts] for b in batches for a in range(A)]  # this rank's micro-batches, in order
+        for i, batch in enumerate(loader(items, micro, cfg.num_workers, collate_fn)):
+            a = i % A
+            if a == 0:
+                t0, step, ms = time.time(), state["step"], []
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
+                opt.zero_grad(set_to_none=True)
+            net.require_backward_grad_sync = a == A - 1  # DDP all-reduces the gradients on the last micro-step only
+            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):  # bf16 activations on a GPU
+                loss, m = net(to_device(batch, device), first=a == 0)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step}: loss is {loss.item()} on videos {batch.get('name')}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / A).backward()  # the mean over the global batch's micro-batches (DDP divides by world)
+            ms.append(m)
+            if a < A - 1:
+                continue
+            m = mean_metrics(ms, device)
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
             opt.step()
             state["step"] = step = step + 1
@@ -387,21 +461,27 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
             if step % cfg.log_every == 0:
                 bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
             if step % eval_every == 0 or step == total:
+                for b in model.buffers() if world > 1 else []:
+                    if b.is_floating_point():
+                        dist.broadcast(b, 0)  # BatchNorm's running statistics: rank 0's, on every rank
                 state["dev"] = dev = evaluate(model)
                 model.train()
                 bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
                 m["dev"] = dev
                 if dev["loss"] < state["best_dev"]:  # "best" moves only when dev improves
                     state["best_dev"] = dev["loss"]
-                    save_checkpoint(out, "best", model, opt, names, state, cfg)
+                    if rank == 0:
+                        save_checkpoint(out, "best", model, opt, names, state, cfg)
             log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
             log.flush()
-            if step % ckpt_every == 0 or step == total:
+            if (step % ckpt_every == 0 or step == total) and rank == 0:
                 save_checkpoint(out, "ckpt", model, opt, names, state, cfg)
             if step >= total:
                 break
     bar.close()
     log.close()
+    if world > 1:
+        dist.barrier()  # the last checkpoints are on disk before any rank goes on to read them
     return history
 
 
@@ -415,16 +495,19 @@ def evaluate_vq(model, dev_set, cfg, device):
     model.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dev_set)))]
                for j in range(0, len(dev_set), cfg.vq_batch_size)]
+    keys = ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance")
     sums, n, codes, names = {}, 0, [], []
-    for batch in loader(SeededItems(dev_set, cfg.seed), batches, cfg.num_workers):
+    for batch in loader(SeededItems(dev_set, cfg.seed), my_share(batches), cfg.num_workers):
         batch = to_device(batch, device)
         _, m, idx = model(batch)
-        for k in ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance"):
+        for k in keys:
             sums[k] = sums.get(k, 0.0) + m[k]
         n += 1
         codes += [row[row >= 0].cpu() for row in idx]
         names += batch["name"]
-    out = {k: v / n for k, v in sums.items()}
+    parts = gather((sums, n, codes, names))  # every process's share of the split
+    n, codes, names = sum(p[1] for p in parts), [c for p in parts for c in p[2]], [x for p in parts for x in p[3]]
+    out = {k: sum(p[0].get(k, 0.0) for p in parts) / n for k in keys}
     out["usage"], out["perplexity"] = codebook_usage(torch.cat(codes), model.config.M)
     gt_path = os.path.join(cfg.data.root, data.GROUND_TRUTH)
     if os.path.isfile(gt_path):
@@ -445,7 +528,8 @@ def stage_vq(cfg):
     model = VQSign(cfg.vq).to(device)
     print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
           f"{len(dev_set)} dev videos, device {device}")
-    return fit(cfg, "vq", model, train_set, lambda m, b: m.loss(b), lambda m: evaluate_vq(m, dev_set, cfg, device),
+    return fit(cfg, "vq", model, train_set, lambda m, b, first: m.loss(b, reseed=first),
+               lambda m: evaluate_vq(m, dev_set, cfg, device),
                lr=cfg.vq_lr, min_lr=cfg.vq_min_lr, warmup=cfg.vq_warmup, epochs=cfg.vq_epochs,
                max_steps=cfg.vq_max_steps, batch_size=cfg.vq_batch_size, grad_clip=cfg.vq_grad_clip,
                eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every)
@@ -462,7 +546,9 @@ def load_llm(cfg, device):
     """The frozen LLaMA and its tokenizer: --llm PATH (a Hugging Face folder), or the embedded SmolLM2 default."""
     path = cfg.llm or smollm2()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32  # the paper's LLaMA is 16-bit; fp32 on a CPU
-    return LLaMA.from_pretrained(path, dtype=dtype, device=device), Tokenizer.from_pretrained(path)
+    llm = LLaMA.from_pretrained(path, dtype=dtype, device=device)  # read straight into dtype: no fp32 copy on a GPU
+    llm.grad_checkpointing = cfg.checkpoint_llm
+    return llm, Tokenizer.from_pretrained(path)
 
 
 def build_signllm(cfg, device, ckpt_dir=None):
@@ -489,12 +575,12 @@ def tokenize_videos(vq, dataset, cfg, device):
     vq.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dataset)))]
                for j in range(0, len(dataset), cfg.vq_batch_size)]
-    seqs = []
-    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
-                      desc="tokenize", dynamic_ncols=True):
+    seqs, mine = [], my_share(batches)
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
+                      desc="tokenize", dynamic_ncols=True, disable=rank_world()[0] > 0):
         batch = to_device(batch, device)
         seqs += vq.tokenize_batch(batch["frames"], batch["clip_mask"])
-    return seqs
+    return [s for part in gather(seqs) for s in part]
 
 
 class Steps(torch.utils.data.Dataset):
@@ -524,7 +610,8 @@ def stage_cra(cfg):
         print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
               f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
     os.makedirs(out, exist_ok=True)
-    cra.save_vocab(os.path.join(out, "vocab.txt"), res)
+    if rank_world()[0] == 0:  # every rank searched the same tokens; rank 0 writes
+        cra.save_vocab(os.path.join(out, "vocab.txt"), res)
     print(f"vocabulary after the plan's readout: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters "
           f"-> {out}/vocab.txt")
     llm, tok = load_llm(cfg, device)
@@ -535,7 +622,7 @@ def stage_cra(cfg):
     model.vq.requires_grad_(False)  # the cra stage trains f and s0 only: VQ-Sign's tokens stay as pre-trained
     E = llm.tok_embeddings.weight
 
-    def loss_fn(m, batch):
+    def loss_fn(m, batch, first):
         loss = m.cra.mmd_loss(m.vq.codebook, m.vq.g, E)
         return loss, {"L_MMD": loss.item()}
 
@@ -543,9 +630,9 @@ def stage_cra(cfg):
         with torch.no_grad():
             return {"loss": m.cra.mmd_loss(m.vq.codebook, m.vq.g, E).item()}
 
-    n = cfg.cra_steps
-    return fit(cfg, "cra", model, Steps(n), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
-               epochs=1, max_steps=n, batch_size=1, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
+    n, parts = cfg.cra_steps, rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: one empty item per micro-batch
+    return fit(cfg, "cra", model, Steps(n * parts), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
+               epochs=1, max_steps=n, batch_size=parts, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
                collate_fn=lambda items: {})
 
 
@@ -555,14 +642,15 @@ def translate_split(model, dataset, cfg, device, beams=None):
     model.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.ft_batch_size, len(dataset)))]
                for j in range(0, len(dataset), cfg.ft_batch_size)]
-    hyps, refs, names = [], [], []
-    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
-                      desc="translate", dynamic_ncols=True, leave=False):
+    hyps, refs, names, mine = [], [], [], my_share(batches)
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
+                      desc="translate", dynamic_ncols=True, leave=False, disable=rank_world()[0] > 0):
         batch = to_device(batch, device)
         hyps += model.translate(batch["frames"], batch["clip_mask"], beams=beams)
         refs += batch["text"]
         names += batch["name"]
-    return hyps, refs, names
+    parts = gather((hyps, refs, names))  # every process's share, in the split's order
+    return tuple([x for p in parts for x in p[i]] for i in range(3))
 
 
 def stage_ft(cfg):
@@ -579,7 +667,7 @@ def stage_ft(cfg):
         print(f"  e.g. {hyps[0]!r}  <-  {refs[0]!r}")
         return {"loss": -s["B4"], **s}  # fit keeps the checkpoint with the lowest dev "loss": here, the best BLEU-4
 
-    return fit(cfg, "ft", model, train_set, lambda m, b: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
+    return fit(cfg, "ft", model, train_set, lambda m, b, first: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
                warmup=cfg.ft_warmup, epochs=cfg.ft_epochs, max_steps=cfg.ft_max_steps, batch_size=cfg.ft_batch_size,
                grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every)
 
@@ -590,14 +678,17 @@ def stage_eval(cfg):
     model = build_signllm(cfg, device, os.path.join(cfg.out_dir, "ft"))
     out = os.path.join(cfg.out_dir, "eval")
     os.makedirs(out, exist_ok=True)
-    lang, results = ("zh" if cfg.preset == "csl" else "en"), {}
+    lang, results, rank = ("zh" if cfg.preset == "csl" else "en"), {}, rank_world()[0]
     for split in ("dev", "test"):
         ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
         hyps, refs, names = translate_split(model, ds, cfg, device, beams=cfg.eval_beams)
         results[split] = metrics.score_all(hyps, refs, lang)
-        with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
-            f.write("name\thypothesis\treference\n" + "".join(f"{n}\t{h}\t{r}\n" for n, h, r in zip(names, hyps, refs)))
-    _fsync_write(os.path.join(out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(results, indent=1)))
+        if rank == 0:  # every rank translated its share and holds all of them; rank 0 writes
+            with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
+                f.write("name\thypothesis\treference\n" + "".join(f"{n}\t{h}\t{r}\n"
+                                                                    for n, h, r in zip(names, hyps, refs)))
+    if rank == 0:
+        _fsync_write(os.path.join(out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(results, indent=1)))
     print(f"{'split':6s} " + " ".join(f"{k:>8s}" for k in results["dev"]))
     for split, s in results.items():
         print(f"{split:6s} " + " ".join(f"{v:8.2f}" for v in s.values()))
@@ -615,7 +706,8 @@ def stage_all(cfg):
         print(f"== {name} ({(time.time() - t0) / 60:.1f} min so far)")
         resume = cfg.resume and bool(checkpoints(os.path.join(cfg.out_dir, name), "ckpt"))
         STAGES[name](dataclasses.replace(cfg, stage=name, resume=resume, overwrite=not resume))
-        open(done, "w").close()
+        if rank_world()[0] == 0:
+            open(done, "w").close()
     print(f"== eval ({(time.time() - t0) / 60:.1f} min so far)")
     results = stage_eval(dataclasses.replace(cfg, stage="eval"))
     print(f"all stages in {(time.time() - t0) / 60:.1f} min")
@@ -640,13 +732,26 @@ def load_signllm(ckpt_dir):
 
 
 def main(argv):
+    """Run cfg.stage. Under torchrun (its env vars RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) one process per
+    device joins a process group (NCCL on GPUs, gloo on a CPU); every rank is seeded alike, prints are rank 0's."""
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    ddp = "WORLD_SIZE" in os.environ and not dist.is_initialized()
+    if ddp:
+        if device_of(cfg) == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is this rank's GPU from here on
+        dist.init_process_group("nccl" if device_of(cfg) == "cuda" else "gloo")
+        if dist.get_rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # one copy of each print; errors still reach stderr
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    return STAGES[cfg.stage](cfg)
+    try:
+        return STAGES[cfg.stage](cfg)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
