@@ -46,7 +46,7 @@ class TrainConfig:
     make_synthetic: bool = True   # preset synthetic: generate data.root if it is missing
     synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
     log_every: int = 1            # one log line every this many steps
-    grad_accum: int = 1           # micro-batches per process per optimizer step (a stage's batch size is the global one)
+    grad_accum: int = 1           # micro-batches per process per step (a stage's batch size is the global batch)
     checkpoint_llm: bool = False  # recompute the LLM blocks' activations in backward: less memory, ~1/3 more compute
     # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
     vq_lr: float = 0.01           # Adam (Sec. 4.1)

@@ -12,8 +12,9 @@ On a CPU: the same step with 2 and 4 layers of 7B width (everything else 7B-shap
 configuration in a fresh process, peak resident memory by /proc/self/status VmHWM (reset through
 /proc/self/clear_refs after the model is built). The difference between 2 and 4 layers is two layers' activations;
 VQ-Sign at the paper's size is measured alone at batch 1 (it is linear in the videos). Then an ESTIMATE for 7B on a
-GPU: 7B weights + 32 x (per-layer step memory) + the rest + B x (VQ-Sign per video). An estimate, not a measurement:
-CPU RSS counts pages the allocator touched, not the tensors a CUDA allocator would hold.
+GPU: 7B weights + the 2-layer step + 30 more layers x tokens x a layer's bytes per token (measured at batch 8; with
+checkpointing, its bf16 input) + B x (VQ-Sign per video). An estimate, not a measurement: CPU RSS counts pages the
+allocator touched, not the tensors a CUDA allocator would hold, and the peaks of the parts are assumed to add.
 """
 import argparse
 import json
