@@ -475,9 +475,11 @@ class SignTokens(nn.Module):
             raise ValueError("SignTokens has no text_ids / sigmas: they are set by the cra stage")
         q = text_embeddings[self.text_ids].float()  # (n_t, d_llm), the frozen LLM's: no gradient
         sig = self.sigmas.tolist()
-        if not words:
-            return mmd(self.f(codebook.float()), q, sig)
-        chars = self.f(self.char_table(codebook)[self.used[: self.n_chars + 1]].float())  # (n_c, d_llm)
-        S_w = self.word_table(codebook, g) if S_w is None else S_w  # a caller that has S_w passes it
-        words = self.f(S_w[self.used].float())  # (n_w, d_llm)
-        return mmd(chars, q, sig) + mmd(words, q, sig)
+        if words:
+            S_w = self.word_table(codebook, g) if S_w is None else S_w  # a caller that has S_w passes it
+        with torch.autocast(q.device.type, enabled=False):  # f and Eq. 6 in fp32 under train.py's bf16 autocast
+            if not words:
+                return mmd(self.f(codebook.float()), q, sig)
+            chars = self.f(self.char_table(codebook)[self.used[: self.n_chars + 1]].float())  # (n_c, d_llm)
+            words = self.f(S_w[self.used].float())  # (n_w, d_llm)
+            return mmd(chars, q, sig) + mmd(words, q, sig)

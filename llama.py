@@ -191,7 +191,9 @@ class LLaMA(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
-        self.grad_checkpointing = False  # recompute block activations in backward (memory for a 7B model)
+        # recompute each block's activations in backward instead of keeping them (memory for a 7B model): the LLM is
+        # frozen and in eval mode, so this follows torch.is_grad_enabled(), not self.training
+        self.grad_checkpointing = False
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, cache=None, last_only=False, hidden=False):
         """Logits (B, T, V) for token ids (B, T) or input embeddings (B, T, dim).
@@ -224,7 +226,7 @@ class LLaMA(nn.Module):
             mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, -math.inf)
         cos, sin = rope(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for i, layer in enumerate(self.layers):
-            if self.grad_checkpointing and self.training and cache is None:
+            if self.grad_checkpointing and torch.is_grad_enabled() and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache, i)

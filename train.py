@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -46,6 +47,8 @@ class TrainConfig:
     synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
     log_every: int = 1            # one log line every this many steps
     skip_nonfinite: bool = False  # a NaN/inf loss or gradient norm skips the step (counted) instead of stopping the run
+    grad_accum: int = 1           # micro-batches per process per step (a stage's batch size is the global batch)
+    checkpoint_llm: bool = False  # recompute the LLM blocks' activations in backward: less memory, ~1/3 more compute
     # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
     vq_lr: float = 0.01           # Adam (Sec. 4.1)
     vq_min_lr: float = 0.0005     # cosine decay to this after warm-up (our choice: the paper gives only the initial lr)
@@ -208,6 +211,27 @@ def loader(items, batches, num_workers, collate_fn=data.collate, keep_empty=Fals
     return dl if keep_empty else (b for b in dl if b.keys() != {"skipped"})
 
 
+def rank_world():
+    """(rank, number of processes) under torchrun, (0, 1) otherwise."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def my_share(batches):
+    """This process's contiguous share of an evaluation's batches (all of them in one process)."""
+    rank, world = rank_world()
+    k = math.ceil(len(batches) / world)
+    return batches[rank * k:(rank + 1) * k]
+
+
+def gather(obj):
+    """[rank 0's obj, rank 1's obj, ...]: in rank order, so my_share's shares concatenate in the split's order."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def to_device(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -215,11 +239,13 @@ def to_device(batch, device):
 def prepare_data(cfg, skipped=None):
     """Train and dev SignDatasets; with data.skip_bad the rows left out are appended to `skipped` as (name, reason)."""
     root = cfg.data.root
-    if not os.path.exists(root):
+    if not os.path.exists(root) and rank_world()[0] == 0:
         if not (cfg.make_synthetic and cfg.preset == "synthetic"):
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
         data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
+    if dist.is_initialized():
+        dist.barrier()  # under torchrun the other ranks read it once rank 0 has written it
     train = data.SignDataset(data.load_split(root, "train", cfg.data.skip_bad, skipped), cfg.data, train=True)
     dev = data.SignDataset(data.load_split(root, "dev", cfg.data.skip_bad, skipped), cfg.data, train=False)
     return train, dev
@@ -395,22 +421,54 @@ def cosine_lr(step, lr, min_lr, warmup, total):
     return min_lr + 0.5 * (1 + math.cos(math.pi * u)) * (lr - min_lr)
 
 
+class LossOf(torch.nn.Module):
+    """loss_fn(model, batch, first) as a module's forward: DDP syncs gradients only of what runs through its forward."""
+
+    def __init__(self, model, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, first):
+        return self.loss_fn(self.model, batch, first)
+
+
 def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
         grad_clip, eval_every, ckpt_every, collate_fn=data.collate, skipped=()):
-    """Adam on every trainable parameter of `model`; loss_fn(model, batch) -> (loss, metrics dict);
-    evaluate(model) -> dev metrics dict with a 'loss'. skipped: (name, reason) of the samples data.skip_bad left out
-    while loading, reported with those found bad while training. Returns the per-step metrics."""
+    """Adam on every trainable parameter of `model`; loss_fn(model, batch, first) -> (loss, metrics dict), first:
+    the step's first micro-batch; evaluate(model) -> dev metrics dict with a 'loss'. skipped: (name, reason) of the
+    samples data.skip_bad left out while loading, reported with those found bad while training. Returns the per-step
+    metrics.
+
+    Under torchrun each global batch of `batch_size` videos is cut into world x grad_accum micro-batches, strided
+    (like a DistributedSampler): process `rank` takes items a * world + rank, + world * grad_accum, ... as its
+    micro-batch a. They depend on world * grad_accum only, and BatchNorm's statistics are per micro-batch (VQ-Sign is
+    BatchNorm throughout; SyncBatchNorm refuses CPU tensors), so 2 processes x grad_accum 1 compute what 1 process
+    x grad_accum 2 does, up to float rounding. Gradients are all-reduced on the last micro-step only, checkpoints
+    and the log are rank 0's, every rank resumes from the same checkpoint. Whether a step stops the run, is skipped
+    or updates is decided once, after its last micro-step, from every rank's micro-batches: alike on every rank."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     opt = torch.optim.Adam([p for _, p in named], lr=lr)
-    per_epoch = math.ceil(len(train_set) / batch_size)
+    (rank, world), A = rank_world(), cfg.grad_accum
+    parts = world * A  # micro-batches per global batch
+    if A < 1 or batch_size < parts:
+        raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum {A}")
+    net = LossOf(model, loss_fn)
+    if world > 1:
+        # broadcast_buffers=False: BatchNorm's running statistics stay per rank (rank 0's are synced before each
+        # evaluation), VQ-Sign's code_hits are all-reduced by VQ-Sign itself. find_unused_parameters: a batch of
+        # short videos leaves the W_k with k >= T unused, lambda_mmd = 0 leaves s0 unused.
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                        else None, broadcast_buffers=False, find_unused_parameters=True)
+    per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
     total = max_steps if max_steps > 0 else epochs * per_epoch
     state = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[])
     if cfg.resume:
         meta = load_checkpoint(out, "ckpt", model, opt, names, cfg)
         state = {k: meta.get(k, v) for k, v in state.items()}
-        tidy_checkpoints(out, drop_after=state["step"])
+        if rank == 0:
+            tidy_checkpoints(out, drop_after=state["step"])
         changed = [k for k, v in _flat(dataclasses.asdict(cfg)).items() if k not in RESUME_FREE
                    and _flat(meta["config"]).get(k) != v]
         if changed:
@@ -419,39 +477,63 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     elif checkpoints(out, "ckpt") or checkpoints(out, "best"):
         if not cfg.overwrite:
             raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
-        tidy_checkpoints(out, drop_after=-1)
+        if rank == 0:
+            tidy_checkpoints(out, drop_after=-1)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
-    kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) else []
-    kept = [l for l in kept if l.endswith("\n") and json.loads(l)["step"] <= state["step"]]  # and a torn last line
-    _fsync_write(log_path, lambda p: open(p, "w").writelines(kept))  # a kill now leaves the old log or the new
-    log = open(log_path, "a")
+    if rank == 0:
+        kept = [l for l in open(log_path)] if cfg.resume and os.path.exists(log_path) else []
+        kept = [l for l in kept if l.endswith("\n") and json.loads(l)["step"] <= state["step"]]  # and a torn last line
+        _fsync_write(log_path, lambda p: open(p, "w").writelines(kept))  # a kill now leaves the old log or the new
+    log = open(log_path if rank == 0 else os.devnull, "a")
     items, history = SeededItems(train_set, cfg.seed), []
-    bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
     while state["step"] < total:
         epoch, first = divmod(state["step"], per_epoch)
         model.train()
-        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:]
-        for batch in loader(items, batches, cfg.num_workers, collate_fn, keep_empty=True):
-            t0, step = time.time(), state["step"]
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
-            bad = [[n, r] for n, r in [*skipped, *batch.get("skipped", ())] if [n, r] not in state["bad_samples"]]
-            state["bad_samples"] += bad  # data.skip_bad: samples first found bad now (by name and reason)
-            opt.zero_grad(set_to_none=True)
-            m, gn, problem = {}, float("nan"), "every video of the batch is bad"
-            if batch.keys() != {"skipped"}:
-                loss, m = loss_fn(model, to_device(batch, device))
+        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
+        micro = [b[a * world + rank::parts] for b in batches for a in range(A)]  # this rank's micro-batches, in order
+        for i, batch in enumerate(loader(items, micro, cfg.num_workers, collate_fn, keep_empty=True)):
+            a = i % A
+            if a == 0:
+                t0, step, mine, bad, empty = time.time(), state["step"], [], [], False
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
+                opt.zero_grad(set_to_none=True)
+            bad += batch.get("skipped", [])
+            # data.skip_bad: a micro-batch whose videos were all bad, on any rank, makes the whole step one without an
+            # update (our rule; its other micro-batches are not used). Decided before the forward pass, alike on every
+            # rank, so that every rank makes the same collective calls (DDP's all-reduce, VQ-Sign's code counts).
+            empty = empty or any(gather(batch.keys() == {"skipped"}))
+            if not empty:
+                net.require_backward_grad_sync = a == A - 1  # DDP all-reduces the gradients on the last micro-step
+                with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):  # bf16 activations on GPUs
+                    loss, m = net(to_device(batch, device), first=a == 0)
+                # backward even on a NaN/inf loss: a rank that stayed out of DDP's all-reduce would hang the others;
+                # the NaN it spreads into every rank's gradients is caught after the last micro-step
+                (loss / A).backward()  # the mean over the global batch's micro-batches (DDP divides by world)
                 problem = "" if torch.isfinite(loss) else f"loss {loss.item()}, non-finite: " + ", ".join(
                     f"{k} {v}" for k, v in m.items() if k != "loss" and isinstance(v, float) and not math.isfinite(v))
-                if not problem:
-                    loss.backward()
-                    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                              grad_clip if grad_clip > 0 else float("inf")))
-                    problem = "" if math.isfinite(gn) else f"gradient norm {gn} (loss {loss.item():.4g})"
-                if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
-                    raise FloatingPointError(f"{stage} step {step + 1}: {problem}, videos {batch.get('name')}; "
-                                             f"the last good checkpoint in {out} is kept (--skip_nonfinite skips)")
+                mine.append((m, loss.item(), problem, batch.get("name")))
+            if a < A - 1:
+                continue
+            got = gather((mine, bad))  # every rank's micro-batches of this step, in rank order
+            ms = [x for p in got for x in p[0]]  # (metrics, loss, problem, videos) of each micro-batch
+            new = dict.fromkeys((n, r) for n, r in [*skipped, *(b for p in got for b in p[1])]
+                                if [n, r] not in state["bad_samples"])
+            state["bad_samples"] += [[n, r] for n, r in new]  # data.skip_bad: samples first found bad now
+            m = {k: sum(float(x[0][k]) for x in ms) / len(ms) for k in ms[0][0]} if ms else {}  # the global batch's
+            gn = float("nan") if empty else float(torch.nn.utils.clip_grad_norm_(  # all-reduced: alike on every rank
+                model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
+            problems = [x for x in ms if x[2]]  # the micro-batches with a non-finite loss, every rank's
+            problem = "; ".join(x[2] for x in problems)
+            if not (problem or empty or math.isfinite(gn)):
+                problem = f"gradient norm {gn} (loss {sum(x[1] for x in ms) / len(ms):.4g})"
+            if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
+                videos = [v for x in problems or ms for v in x[3]]
+                raise FloatingPointError(f"{stage} step {step + 1}: {problem}, videos {videos}; "
+                                         f"the last good checkpoint in {out} is kept (--skip_nonfinite skips)")
+            problem = problem or ("every video of a micro-batch is bad" if empty else "")
             if problem:  # no update; what the forward pass changed (BatchNorm statistics, re-seeded codes) stays
                 state["skipped_steps"] += 1
                 bar.write(f"{stage} step {step + 1}: skipped ({problem}), {state['skipped_steps']} skipped so far")
@@ -461,28 +543,34 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
             m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m)
             if state["skipped_steps"]:
                 m["skipped_steps"] = state["skipped_steps"]
-            if bad:
-                m["bad_samples"] = [n for n, _ in bad]
+            if new:
+                m["bad_samples"] = [n for n, _ in new]
             history.append(m)
             bar.update(1)
             if step % cfg.log_every == 0:
                 bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
             if step % eval_every == 0 or step == total:
+                for b in model.buffers() if world > 1 else []:
+                    if b.is_floating_point():
+                        dist.broadcast(b, 0)  # BatchNorm's running statistics: rank 0's, on every rank
                 state["dev"] = dev = evaluate(model)
                 model.train()
                 bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
                 m["dev"] = dev
                 if dev["loss"] < state["best_dev"]:  # "best" moves only when dev improves
                     state["best_dev"] = dev["loss"]
-                    save_checkpoint(out, "best", model, opt, names, state, cfg)
+                    if rank == 0:
+                        save_checkpoint(out, "best", model, opt, names, state, cfg)
             log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
             log.flush()
-            if step % ckpt_every == 0 or step == total:
+            if (step % ckpt_every == 0 or step == total) and rank == 0:
                 save_checkpoint(out, "ckpt", model, opt, names, state, cfg)
             if step >= total:
                 break
     bar.close()
     log.close()
+    if world > 1:
+        dist.barrier()  # the last checkpoints are on disk before any rank goes on to read them
     if state["bad_samples"]:
         print(f"{stage}: {len(state['bad_samples'])} bad sample(s) skipped:",
               *(f"  {n}: {r}" for n, r in state["bad_samples"]), sep="\n")
@@ -499,16 +587,19 @@ def evaluate_vq(model, dev_set, cfg, device):
     model.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dev_set)))]
                for j in range(0, len(dev_set), cfg.vq_batch_size)]
+    keys = ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance")
     sums, n, codes, names = {}, 0, [], []
-    for batch in loader(SeededItems(dev_set, cfg.seed), batches, cfg.num_workers):
+    for batch in loader(SeededItems(dev_set, cfg.seed), my_share(batches), cfg.num_workers):
         batch = to_device(batch, device)
         _, m, idx = model(batch)
-        for k in ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance"):
+        for k in keys:
             sums[k] = sums.get(k, 0.0) + m[k]
         n += 1
         codes += [row[row >= 0].cpu() for row in idx]
         names += batch["name"]
-    out = {k: v / n for k, v in sums.items()}
+    parts = gather((sums, n, codes, names))  # every process's share of the split
+    n, codes, names = sum(p[1] for p in parts), [c for p in parts for c in p[2]], [x for p in parts for x in p[3]]
+    out = {k: sum(p[0].get(k, 0.0) for p in parts) / n for k in keys}
     out["usage"], out["perplexity"] = codebook_usage(torch.cat(codes), model.config.M)
     gt_path = os.path.join(cfg.data.root, data.GROUND_TRUTH)
     if os.path.isfile(gt_path):
@@ -532,7 +623,8 @@ def stage_vq(cfg):
     model = VQSign(cfg.vq).to(device)
     print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
           f"{len(dev_set)} dev videos, device {device}")
-    return fit(cfg, "vq", model, train_set, lambda m, b: m.loss(b), lambda m: evaluate_vq(m, dev_set, cfg, device),
+    return fit(cfg, "vq", model, train_set, lambda m, b, first: m.loss(b, reseed=first),
+               lambda m: evaluate_vq(m, dev_set, cfg, device),
                lr=cfg.vq_lr, min_lr=cfg.vq_min_lr, warmup=cfg.vq_warmup, epochs=cfg.vq_epochs,
                max_steps=cfg.vq_max_steps, batch_size=cfg.vq_batch_size, grad_clip=cfg.vq_grad_clip,
                eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every, skipped=skipped)
@@ -549,7 +641,9 @@ def load_llm(cfg, device):
     """The frozen LLaMA and its tokenizer: --llm PATH (a Hugging Face folder), or the embedded SmolLM2 default."""
     path = cfg.llm or smollm2()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32  # the paper's LLaMA is 16-bit; fp32 on a CPU
-    return LLaMA.from_pretrained(path, dtype=dtype, device=device), Tokenizer.from_pretrained(path)
+    llm = LLaMA.from_pretrained(path, dtype=dtype, device=device)  # read straight into dtype: no fp32 copy on a GPU
+    llm.grad_checkpointing = cfg.checkpoint_llm
+    return llm, Tokenizer.from_pretrained(path)
 
 
 def build_signllm(cfg, device, ckpt_dir=None):
@@ -590,12 +684,15 @@ def build_signllm(cfg, device, ckpt_dir=None):
 
 def save_untrained(cfg, out, model):
     """Write `model` as out's 'best' checkpoint without training it (k-means centroids; f and s0 without L_MMD)."""
-    if (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
-        raise SystemExit(f"{out} holds checkpoints: pass --overwrite to replace them")
-    tidy_checkpoints(out, drop_after=-1)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    save_checkpoint(out, "best", model, torch.optim.Adam([p for _, p in named]), [n for n, _ in named],
-                    dict(step=0, best_dev=0.0, dev={}), cfg)
+    if rank_world()[0] == 0:  # every rank holds the same model; rank 0 checks and writes (torchrun ends the others)
+        if (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
+            raise SystemExit(f"{out} holds checkpoints: pass --overwrite to replace them")
+        tidy_checkpoints(out, drop_after=-1)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        save_checkpoint(out, "best", model, torch.optim.Adam([p for _, p in named]), [n for n, _ in named],
+                        dict(step=0, best_dev=0.0, dev={}), cfg)
+    if dist.is_initialized():
+        dist.barrier()  # on disk before any rank goes on to read it
 
 
 def stage_kmeans(cfg):
@@ -626,16 +723,16 @@ def tokenize_videos(vq, dataset, cfg, device, features=False):
     vq.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dataset)))]
                for j in range(0, len(dataset), cfg.vq_batch_size)]
-    seqs = []
-    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
-                      desc="tokenize", dynamic_ncols=True):
+    seqs, mine = [], my_share(batches)
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
+                      desc="tokenize", dynamic_ncols=True, disable=rank_world()[0] > 0):
         batch = to_device(batch, device)
         if features:
             z, _, idx = vq.encode(batch["frames"], batch["clip_mask"])
             seqs += [zb[ib >= 0].cpu() for zb, ib in zip(z, idx)]
         else:
             seqs += vq.tokenize_batch(batch["frames"], batch["clip_mask"])
-    return seqs
+    return [s for part in gather(seqs) for s in part]
 
 
 class Steps(torch.utils.data.Dataset):
@@ -673,7 +770,8 @@ def stage_cra(cfg):
         print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
               f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
     os.makedirs(out, exist_ok=True)
-    cra.save_vocab(os.path.join(out, "vocab.txt"), res)
+    if rank_world()[0] == 0:  # every rank searched the same tokens; rank 0 writes
+        cra.save_vocab(os.path.join(out, "vocab.txt"), res)
     print(f"vocabulary after the plan's readout: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters "
           f"-> {out}/vocab.txt")
     llm, tok = load_llm(cfg, device)
@@ -686,7 +784,7 @@ def stage_cra(cfg):
     if not cfg.signllm.lambda_mmd:  # Table 5 "w/o sign-text alignment": f and s0 go to ft as initialized
         return save_untrained(cfg, out, model)
 
-    def loss_fn(m, batch):
+    def loss_fn(m, batch, first):
         loss = m.L_mmd()
         return loss, {"L_MMD": loss.item()}
 
@@ -694,9 +792,9 @@ def stage_cra(cfg):
         with torch.no_grad():
             return {"loss": m.L_mmd().item()}
 
-    n = cfg.cra_steps
-    return fit(cfg, "cra", model, Steps(n), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
-               epochs=1, max_steps=n, batch_size=1, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
+    n, parts = cfg.cra_steps, rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: one empty item per micro-batch
+    return fit(cfg, "cra", model, Steps(n * parts), loss_fn, evaluate, lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0,
+               epochs=1, max_steps=n, batch_size=parts, grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n,
                collate_fn=lambda items: {}, skipped=skipped)
 
 
@@ -706,14 +804,15 @@ def translate_split(model, dataset, cfg, device, beams=None):
     model.eval()
     batches = [[(0, i) for i in range(j, min(j + cfg.ft_batch_size, len(dataset)))]
                for j in range(0, len(dataset), cfg.ft_batch_size)]
-    hyps, refs, names = [], [], []
-    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), batches, cfg.num_workers), total=len(batches),
-                      desc="translate", dynamic_ncols=True, leave=False):
+    hyps, refs, names, mine = [], [], [], my_share(batches)
+    for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
+                      desc="translate", dynamic_ncols=True, leave=False, disable=rank_world()[0] > 0):
         batch = to_device(batch, device)
         hyps += model.translate(batch["frames"], batch["clip_mask"], beams=beams)
         refs += batch["text"]
         names += batch["name"]
-    return hyps, refs, names
+    parts = gather((hyps, refs, names))  # every process's share, in the split's order
+    return tuple([x for p in parts for x in p[i]] for i in range(3))
 
 
 def stage_ft(cfg):
@@ -731,7 +830,7 @@ def stage_ft(cfg):
         print(f"  e.g. {hyps[0]!r}  <-  {refs[0]!r}")
         return {"loss": -s["B4"], **s}  # fit keeps the checkpoint with the lowest dev "loss": here, the best BLEU-4
 
-    return fit(cfg, "ft", model, train_set, lambda m, b: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
+    return fit(cfg, "ft", model, train_set, lambda m, b, first: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
                warmup=cfg.ft_warmup, epochs=cfg.ft_epochs, max_steps=cfg.ft_max_steps, batch_size=cfg.ft_batch_size,
                grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every,
                skipped=skipped)
@@ -743,14 +842,17 @@ def stage_eval(cfg):
     model = build_signllm(cfg, device, os.path.join(cfg.out_dir, "ft"))
     out = os.path.join(cfg.out_dir, "eval")
     os.makedirs(out, exist_ok=True)
-    lang, results = ("zh" if cfg.preset == "csl" else "en"), {}
+    lang, results, rank = ("zh" if cfg.preset == "csl" else "en"), {}, rank_world()[0]
     for split in ("dev", "test"):
         ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
         hyps, refs, names = translate_split(model, ds, cfg, device, beams=cfg.eval_beams)
         results[split] = metrics.score_all(hyps, refs, lang)
-        with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
-            f.write("name\thypothesis\treference\n" + "".join(f"{n}\t{h}\t{r}\n" for n, h, r in zip(names, hyps, refs)))
-    _fsync_write(os.path.join(out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(results, indent=1)))
+        if rank == 0:  # every rank translated its share and holds all of them; rank 0 writes
+            with open(os.path.join(out, f"{split}.tsv"), "w", encoding="utf-8") as f:
+                f.write("name\thypothesis\treference\n" + "".join(f"{n}\t{h}\t{r}\n"
+                                                                    for n, h, r in zip(names, hyps, refs)))
+    if rank == 0:
+        _fsync_write(os.path.join(out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(results, indent=1)))
     print(f"{'split':6s} " + " ".join(f"{k:>8s}" for k in results["dev"]))
     for split, s in results.items():
         print(f"{split:6s} " + " ".join(f"{v:8.2f}" for v in s.values()))
@@ -768,7 +870,8 @@ def stage_all(cfg):
         print(f"== {name} ({(time.time() - t0) / 60:.1f} min so far)")
         resume = cfg.resume and bool(checkpoints(os.path.join(cfg.out_dir, name), "ckpt"))
         STAGES[name](dataclasses.replace(cfg, stage=name, resume=resume, overwrite=not resume))
-        open(done, "w").close()
+        if rank_world()[0] == 0:
+            open(done, "w").close()
     print(f"== eval ({(time.time() - t0) / 60:.1f} min so far)")
     results = stage_eval(dataclasses.replace(cfg, stage="eval"))
     print(f"all stages in {(time.time() - t0) / 60:.1f} min")
@@ -793,9 +896,18 @@ def load_signllm(ckpt_dir):
 
 
 def main(argv):
+    """Run cfg.stage. Under torchrun (its env vars RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) one process per
+    device joins a process group (NCCL on GPUs, gloo on a CPU); every rank is seeded alike, prints are rank 0's."""
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    ddp = "WORLD_SIZE" in os.environ and not dist.is_initialized()
+    if ddp:
+        if device_of(cfg) == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is this rank's GPU from here on
+        dist.init_process_group("nccl" if device_of(cfg) == "cuda" else "gloo")
+        if dist.get_rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # one copy of each print; errors still reach stderr
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -803,6 +915,9 @@ def main(argv):
         return STAGES[cfg.stage](cfg)
     except data.DataError as e:  # bad input: its message names the file and row; no traceback
         raise SystemExit(f"data error: {e}\n(--data.skip_bad=true leaves bad samples out and reports them)") from e
+    finally:
+        if ddp:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

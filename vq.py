@@ -19,6 +19,7 @@ Not in the paper, each for a failure we saw on the synthetic set (details where 
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -271,7 +272,10 @@ class VQSign(nn.Module):
         idx = torch.full(clip_mask.shape, -1, dtype=torch.long, device=z.device)
         idx[clip_mask] = idx_v
         if self.training:
-            self.code_hits += torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype)
+            hits = torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype)
+            if dist.is_initialized():
+                dist.all_reduce(hits)  # DDP: every rank counts every rank's clips, so all find the same dead codes
+            self.code_hits += hits
         return z_hat, idx
 
     def encode(self, frames, clip_mask):
@@ -284,7 +288,9 @@ class VQSign(nn.Module):
     @torch.no_grad()
     def reseed_dead_codes(self, z_valid):
         """Every `reseed_every` training steps, codes no clip chose since the last check become random clip features
-        of this batch (deviation from the paper, see the module docstring). Their Adam moments are left as they are."""
+        of this batch (deviation from the paper, see the module docstring). Their Adam moments are left as they are.
+        Under DDP the new codes are rank 0's picks, broadcast, so every rank holds the same codebook; returns the
+        number of codes filled from this process's clips (0 on the other ranks)."""
         self.steps_since_reseed += 1
         if self.config.reseed_every <= 0 or int(self.steps_since_reseed) < self.config.reseed_every:
             return 0
@@ -292,18 +298,23 @@ class VQSign(nn.Module):
         if len(dead):
             pick = torch.randint(len(z_valid), (len(dead),), device=z_valid.device)
             self.codebook[dead] = z_valid[pick].to(self.codebook.dtype)
+            if dist.is_initialized():
+                rows = self.codebook[dead].contiguous()
+                dist.broadcast(rows, 0)
+                self.codebook[dead] = rows
         self.code_hits.zero_()
         self.steps_since_reseed.zero_()
-        return len(dead)
+        return len(dead) if not dist.is_initialized() or dist.get_rank() == 0 else 0
 
-    def forward(self, batch):
-        """L_VQ of Eq. 2 on a batch (data.collate's dict) -> (loss, metrics, idx (B, T)). The squared norms of Eq. 2
+    def forward(self, batch, reseed=True):
+        """L_VQ of Eq. 2 on a batch (data.collate's dict) -> (loss, metrics, idx (B, T)); reseed=False skips the
+        re-seeding check (train.py: on all but the first micro-batch of an optimizer step). The squared norms of Eq. 2
         are averaged over d (F.mse_loss, as VQ-VAE implementations do) and over the valid clips; L_cp is averaged
         over valid tau (see context_prediction). Our choice: summed over d, as written, the commitment term outweighs
         L_cp ~d times, and in our runs it pulled every clip of a video onto one code (L_cp stuck at chance)."""
         cfg, clip_mask = self.config, clip_mask_of(batch["clip_mask"])
         z = self.encoder(batch["frames"], clip_mask)  # (B, T, d)
-        reseeded = self.reseed_dead_codes(z.detach()[clip_mask]) if self.training else 0
+        reseeded = self.reseed_dead_codes(z.detach()[clip_mask]) if self.training and reseed else 0
         z_hat, idx = self.quantize(z, clip_mask)
         z_q = z + (z_hat - z).detach()  # noop in forward pass, straight-through gradient in backward pass
         c = self.g(z_q, clip_mask)  # c_tau = g({z_hat_t}_{t <= tau}), (B, T, d)
@@ -317,9 +328,9 @@ class VQSign(nn.Module):
                        **cp, usage=usage, perplexity=ppl, reseeded=reseeded)
         return loss, metrics, idx
 
-    def loss(self, batch):
+    def loss(self, batch, reseed=True):
         """(L_VQ, metrics dict) of a batch."""
-        loss, metrics, _ = self(batch)
+        loss, metrics, _ = self(batch, reseed)
         return loss, metrics
 
     @torch.no_grad()

@@ -63,6 +63,33 @@ def test_padding_and_cache_agree_with_plain_forward(tmp_path):
     assert (got[1, 4:] - m(b[None])[0]).abs().max() < 1e-5, f"seed {seed}"
 
 
+def test_activation_checkpointing_gives_the_same_input_gradients(tmp_path):
+    """grad_checkpointing recomputes each block in backward (it must engage on the frozen, eval-mode LLM, as in ft):
+    the gradients reaching the input embeddings are those of the plain backward, with right padding as in L_sim."""
+    seed = random.randrange(1 << 30)
+    _, path = hf_tiny(tmp_path, seed, 6, 2, False)
+    m = LLaMA.from_pretrained(path, dtype=torch.bfloat16)  # as load_llm on a GPU: read straight into bf16, frozen
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in m.parameters()) and not m.training
+    m = m.float()  # fp32 on a CPU (load_llm); the comparison below is exact either way
+    embeds = torch.randn(2, 13, m.cfg.dim)
+    mask = torch.ones(2, 13, dtype=torch.bool)
+    mask[1, 9:] = False
+    calls = []
+    m.layers[0].attn_norm.register_forward_hook(lambda *_: calls.append(1))  # the recompute stops early, past it
+    grads = []
+    for ckpt in (False, True):
+        m.grad_checkpointing = ckpt
+        e = embeds.clone().requires_grad_()
+        logits = m(embeds=e, attn_mask=mask)
+        (logits[mask].log_softmax(-1)[:, 5]).sum().backward()
+        grads.append(e.grad)
+    assert len(calls) == 3, f"block 0 ran {len(calls)} times: 1 plain + 2 with checkpointing (forward, recompute)"
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-7), f"seed {seed}"
+    with torch.no_grad():  # generation (no grad): no recomputation, no checkpoint overhead
+        m(embeds=embeds, attn_mask=mask)
+    assert len(calls) == 4
+
+
 def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):
     seed = random.randrange(1 << 30)
     _, path = hf_tiny(tmp_path, seed, 6, 2, False)
