@@ -65,3 +65,34 @@ def test_all_stages_tiny(tmp_path, capsys):
     assert printed[-1].startswith(sample.path + "\t")
     with pytest.raises(SystemExit, match="no best"):
         signllm.main(["--ckpt", str(tmp_path), sample.path])
+
+
+def test_prefix_cache_gives_the_same_L_sim_and_gradients(tmp_path):
+    """L_sim with the prompt's opening served from a KV cache computed once == L_sim with the whole prompt fed every
+    step: the loss and the gradients to the sign sentence W, on random W of uneven lengths."""
+    import cra
+    from llama import Tokenizer
+    from signllm import SignLLM, SignLLMConfig
+    from vq import VQConfig, VQSign
+    import numpy as np
+    rng = np.random.default_rng(0)
+    texts = [data._sentence(rng)[1] for _ in range(300)]  # the synthetic language's translations
+    folder = str(tmp_path / "llm")
+    tiny_llm(folder, texts)
+    llm, tok = LLaMA.from_pretrained(folder), Tokenizer.from_pretrained(folder)
+    tokens = cra.SignTokens([(c,) for c in range(9)], [1] * 9, 8, 16, llm.cfg.dim, 20, [3, 4], [1.0])
+    vq = VQSign(VQConfig(width=4, d=16, M=8))
+    W = torch.randn(3, 7, llm.cfg.dim, dtype=torch.float64).float()
+    W_mask = torch.arange(7) < torch.tensor([7, 2, 5])[:, None]  # (3, 7): uneven sign sentences
+    out = {}
+    for cached in (True, False):
+        model = SignLLM(vq, tokens, llm, tok, SignLLMConfig(prefix_cache=cached))
+        assert len(model.prompt_before) > 0
+        w = W.clone().requires_grad_()
+        for _ in range(2):  # the second call reuses the cached opening
+            loss = model.L_sim(w, W_mask, texts[:3])
+        loss.backward()
+        out[cached] = loss.item(), w.grad
+    assert abs(out[True][0] - out[False][0]) < 1e-5
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-6)
+    assert out[True][1][W_mask].abs().sum() > 0 and out[True][1][~W_mask].abs().sum() == 0
