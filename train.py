@@ -166,6 +166,8 @@ def parse_args(argv):
         _set(cfg, k, v, "command line")
     if cfg.stage not in STAGES:
         raise SystemExit(f"unknown stage {cfg.stage!r}; stages: {', '.join(STAGES)}")
+    if cfg.signllm.decoder == "transformer" and max(cfg.eval_beams, cfg.signllm.beams) > 1:
+        raise SystemExit("signllm.decoder=transformer decodes greedily only: pass --eval_beams=1")
     return cfg
 
 
@@ -464,6 +466,8 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None, broadcast_buffers=False, find_unused_parameters=True)
     per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
+    if per_epoch == 0:
+        raise SystemExit(f"{stage}: {len(train_set)} training samples cannot fill {parts} micro-batches")
     total = max_steps if max_steps > 0 else epochs * per_epoch
     state = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[])
     if cfg.resume:
@@ -481,6 +485,8 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
             raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
         if rank == 0:
             tidy_checkpoints(out, drop_after=-1)
+    if not cfg.resume and rank == 0 and os.path.exists(os.path.join(out, "DONE")):
+        os.remove(os.path.join(out, "DONE"))  # a fresh run of a finished stage: it is not done until it ends again
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
     if rank == 0:
@@ -532,7 +538,7 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
             if not (problem or empty or math.isfinite(gn)):
                 problem = f"gradient norm {gn} (loss {sum(x[1] for x in ms) / len(ms):.4g})"
             if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
-                videos = [v for x in problems or ms for v in x[3]]
+                videos = [v for x in problems or ms for v in x[3] or []]
                 raise FloatingPointError(f"{stage} step {step + 1}: {problem}, videos {videos}; "
                                          f"the last good checkpoint in {out} is kept (--skip_nonfinite skips)")
             problem = problem or ("every video of a micro-batch is bad" if empty else "")
@@ -565,6 +571,8 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                         save_checkpoint(out, "best", model, opt, names, state, cfg)
             log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
             log.flush()
+            if step % ckpt_every == 0 or step == total:
+                os.fsync(log.fileno())  # the log on disk reaches at least as far as the checkpoint below
             if (step % ckpt_every == 0 or step == total) and rank == 0:
                 save_checkpoint(out, "ckpt", model, opt, names, state, cfg)
             if step >= total:
@@ -690,6 +698,8 @@ def save_untrained(cfg, out, model):
         if (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
             raise SystemExit(f"{out} holds checkpoints: pass --overwrite to replace them")
         tidy_checkpoints(out, drop_after=-1)
+        if os.path.exists(os.path.join(out, "DONE")):
+            os.remove(os.path.join(out, "DONE"))
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         save_checkpoint(out, "best", model, torch.optim.Adam([p for _, p in named]), [n for n, _ in named],
                         dict(step=0, best_dev=0.0, dev={}), cfg)
@@ -758,6 +768,8 @@ def stage_cra(cfg):
     out = os.path.join(cfg.out_dir, "cra")
     if cfg.signllm.tokens == "features":
         raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
+    if not (cfg.resume or cfg.overwrite) and (checkpoints(out, "ckpt") or checkpoints(out, "best")):
+        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
     vq = VQSign(cfg.vq).to(device)
     load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     if cfg.cra_vocab:  # a search done already, for the same characters
@@ -773,7 +785,7 @@ def stage_cra(cfg):
               f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
     os.makedirs(out, exist_ok=True)
     if rank_world()[0] == 0:  # every rank searched the same tokens; rank 0 writes
-        cra.save_vocab(os.path.join(out, "vocab.txt"), res)
+        _fsync_write(os.path.join(out, "vocab.txt"), lambda p: cra.save_vocab(p, res))
     print(f"vocabulary after the plan's readout: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters "
           f"-> {out}/vocab.txt")
     llm, tok = load_llm(cfg, device)
@@ -864,7 +876,7 @@ def stage_eval(cfg):
 def stage_all(cfg):
     """vq -> cra -> ft -> eval. A stage whose folder already holds its final checkpoint is not run again."""
     t0 = time.time()
-    for name in ("vq", "cra", "ft"):
+    for name in ("ft",) if cfg.signllm.tokens == "features" else ("vq", "cra", "ft"):  # encoder only: no tokens
         done = os.path.join(cfg.out_dir, name, "DONE")
         if os.path.exists(done) and not cfg.overwrite:
             print(f"== {name}: done already ({done}); --overwrite to train it again")

@@ -263,7 +263,7 @@ class VQSign(nn.Module):
     def quantize(self, z, clip_mask):
         """z (B, T, d) -> z_hat (B, T, d) = s_j with j = argmin_i ||z_t - s_i||^2, idx (B, T); padding: 0 and -1."""
         zv = z[clip_mask]  # (V, d) valid clips only
-        if not torch.isfinite(zv).all():
+        if not self.training and not torch.isfinite(zv).all():  # in training the NaN reaches the loss: train.fit
             raise FloatingPointError(f"VQ-Sign: {int((~torch.isfinite(zv)).any(1).sum())} clip features z are NaN/inf "
                                      "(NaN in the frames, or a diverged encoder)")
         idx_v, _ = nearest_code(zv.detach().float().contiguous(), self.codebook.detach().float().contiguous())
@@ -295,7 +295,8 @@ class VQSign(nn.Module):
         if self.config.reseed_every <= 0 or int(self.steps_since_reseed) < self.config.reseed_every:
             return 0
         dead = (self.code_hits == 0).nonzero().squeeze(1)
-        if len(dead):
+        z_valid = z_valid[torch.isfinite(z_valid).all(1)]  # a NaN batch (a step fit will skip) seeds nothing
+        if len(dead) and len(z_valid):
             pick = torch.randint(len(z_valid), (len(dead),), device=z_valid.device)
             self.codebook[dead] = z_valid[pick].to(self.codebook.dtype)
             if dist.is_initialized():

@@ -97,3 +97,13 @@ def test_checkpoint_contents_and_refusals(tiny, tmp_path):
         train.main(args(tiny, tmp_path, "--resume"))
     with pytest.raises(SystemExit, match="no ckpt checkpoint"):
         train.main(args(tiny, tmp_path / "empty", "--resume"))
+
+
+def test_a_fresh_run_clears_done(tiny, tmp_path):
+    """`--stage all` skips a stage whose folder holds DONE: a fresh (not resumed) run of that stage must remove it, or
+    a run killed after restarting a finished stage would later be taken as finished."""
+    done = tmp_path / "o" / "vq" / "DONE"
+    done.parent.mkdir(parents=True)
+    done.touch()
+    train.main(args(tiny, tmp_path / "o", "--vq_max_steps=1"))
+    assert not done.exists()

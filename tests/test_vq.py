@@ -101,7 +101,11 @@ def test_mask_validation():
         model.encode(b["frames"][:, :14], b["clip_mask"])
     b["frames"][1, 3, 0, 5, 5] = float("nan")
     with pytest.raises(FloatingPointError, match="clip features z are NaN"):
-        model.encode(b["frames"], b["clip_mask"])
+        model.eval().encode(b["frames"], b["clip_mask"])
+    codebook = model.codebook.detach().clone()
+    model.train().config.reseed_every = 1  # training: the NaN reaches the loss (train.fit decides), seeds no code
+    loss, _, _ = model(b)
+    assert not torch.isfinite(loss) and torch.isfinite(model.codebook).all()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
