@@ -43,7 +43,7 @@ class SignLLMConfig:
 
 
 class SmallTranslator(nn.Module):
-    """Table 3 "w/o LLM": a small encoder-decoder transformer (torch's layers, post-norm), trained from scratch
+    """Table 3 "w/o LLM": a small encoder-decoder transformer (torch's layers, pre-norm), trained from scratch
     in place of the frozen LLM, reading the same sign sentence W (without the text prompt). The paper uses mBART; ours
     is a few layers. Its vocabulary: the LLM tokenizer's tokens of the training translations (CRA's text_ids) and
     eos, as local ids 1.. (0 is the start token), with the output layer tied to its input embedding."""
@@ -56,9 +56,12 @@ class SmallTranslator(nn.Module):
         self.register_buffer("vocab", torch.tensor([-1] + ids))  # local id -> tokenizer id (0: start, no token)
         self.local = {t: i for i, t in enumerate(ids, 1)}
         self.embed, self.pos = nn.Embedding(len(ids) + 1, d), nn.Embedding(max_len, d)
-        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 4, 2 * d, batch_first=True), layers,
+        for e in (self.embed, self.pos):  # N(0, 1/d), not torch's N(0, 1): the output layer is tied to the
+            nn.init.normal_(e.weight, std=d ** -0.5)  # embedding, and N(0, 1) gives logits of std ~sqrt(d)
+        layer = dict(d_model=d, nhead=4, dim_feedforward=2 * d, batch_first=True, norm_first=True)  # pre-norm
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), layers, norm=nn.LayerNorm(d),
                                          enable_nested_tensor=False)
-        self.dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, 4, 2 * d, batch_first=True), layers)
+        self.dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), layers, norm=nn.LayerNorm(d))
 
     def decode(self, memory, W_mask, y):
         """Logits (B, T, V) of the token after each of y (B, T) local ids, given the encoded sign sentence."""

@@ -65,7 +65,10 @@ def random_llm(src, dst, n_layers, seed=0):
             shutil.copy(os.path.join(src, name), dst)
     cfg = LLaMAConfig.from_hf(dst)
     torch.manual_seed(seed)
-    m = LLaMA(cfg)  # torch's default initialization
+    m = LLaMA(cfg)
+    for name, p in m.named_parameters():  # Hugging Face's LLaMA init: N(0, 0.02), norms at 1. torch's default
+        if not name.endswith("norm.weight"):  # N(0, 1) embedding, tied to the head, gives logits of std ~24
+            torch.nn.init.normal_(p, std=c.get("initializer_range", 0.02))  # and an L_sim of ~500
     names = {o: h for h, o in HF_KEYS.items()}  # ours -> Hugging Face names, the inverse of the loader's map
     names.update({f"layers.{i}.{o}": f"model.layers.{i}.{h}" for i in range(n_layers)
                   for h, o in HF_LAYER_KEYS.items()})
