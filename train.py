@@ -571,7 +571,7 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                         save_checkpoint(out, "best", model, opt, names, state, cfg)
             log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
             log.flush()
-            if step % ckpt_every == 0 or step == total:
+            if (step % ckpt_every == 0 or step == total) and rank == 0:
                 os.fsync(log.fileno())  # the log on disk reaches at least as far as the checkpoint below
             if (step % ckpt_every == 0 or step == total) and rank == 0:
                 save_checkpoint(out, "ckpt", model, opt, names, state, cfg)
@@ -768,8 +768,6 @@ def stage_cra(cfg):
     out = os.path.join(cfg.out_dir, "cra")
     if cfg.signllm.tokens == "features":
         raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
-    if not (cfg.resume or cfg.overwrite) and (checkpoints(out, "ckpt") or checkpoints(out, "best")):
-        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
     vq = VQSign(cfg.vq).to(device)
     load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     if cfg.cra_vocab:  # a search done already, for the same characters
@@ -783,6 +781,8 @@ def stage_cra(cfg):
     for r, h in enumerate(res.entropies):  # Eq. 3 via Eq. 4; r = 0 is the character-level codebook
         print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
               f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
+    if not (cfg.resume or cfg.overwrite) and (checkpoints(out, "ckpt") or checkpoints(out, "best")):
+        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
     os.makedirs(out, exist_ok=True)
     if rank_world()[0] == 0:  # every rank searched the same tokens; rank 0 writes
         _fsync_write(os.path.join(out, "vocab.txt"), lambda p: cra.save_vocab(p, res))
