@@ -20,13 +20,6 @@ from test_pipeline import TINY, tiny_llm
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)  # train.main(--threads=1) sets it for the process
-
-
 def torchrun(*argv):
     """train.py under `torchrun --standalone --nproc_per_node=2` (a free port; gloo, as there is no GPU here)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *argv]

@@ -12,13 +12,6 @@ import data
 import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)  # train.main(--threads=1) sets it for the process
-
-
 def test_parse_args_types_presets_and_errors():
     cfg = train.parse_args(["--stage", "vq", "--vq.d=48", "--vq_lr=1", "--resume", "--data.image_size", "40"])
     assert cfg.vq.d == 48 and cfg.vq_lr == 1.0 and isinstance(cfg.vq_lr, float) and cfg.resume is True
