@@ -206,6 +206,11 @@ def epoch_batches(n, batch_size, seed, epoch):
     return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
 
 
+def eval_batches(n, batch_size):
+    """Batches of items 0..n-1 in order, epoch 0 (no augmentation draws differ): for evaluation and tokenizing."""
+    return [[(0, i) for i in range(j, min(j + batch_size, n))] for j in range(0, n, batch_size)]
+
+
 def loader(items, batches, num_workers, collate_fn=data.collate, keep_empty=False):
     # its own generator: a DataLoader draws a worker base seed from the global torch RNG otherwise, which would make
     # the training stream depend on how many loaders were opened (a resume opens one more)
@@ -335,6 +340,8 @@ def tidy_checkpoints(out, drop_after=None):
     drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
     if drop_after is not None:
         drop += [j for j in jsons if _step_of(j) > drop_after]
+    if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
+        os.remove(os.path.join(out, "DONE"))  # starting afresh: `--stage all` must not skip this stage
     for j in sorted(set(drop)):
         os.remove(j)  # the JSON first: without it the weights are no checkpoint
         os.remove(j[:-5] + ".safetensors")
@@ -480,13 +487,10 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
         if changed:
             print(f"warning: resuming with changed settings {changed}: the run will differ from an uninterrupted one")
         print(f"resumed {out} at step {state['step']}")
-    elif checkpoints(out, "ckpt") or checkpoints(out, "best"):
-        if not cfg.overwrite:
-            raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
-        if rank == 0:
-            tidy_checkpoints(out, drop_after=-1)
-    if not cfg.resume and rank == 0 and os.path.exists(os.path.join(out, "DONE")):
-        os.remove(os.path.join(out, "DONE"))  # a fresh run of a finished stage: it is not done until it ends again
+    elif (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
+        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
+    if not cfg.resume and rank == 0:
+        tidy_checkpoints(out, drop_after=-1)  # a fresh run (also clears DONE: not done until it ends again)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.jsonl")  # one JSON line per step; a resume drops lines past its checkpoint
     if rank == 0:
@@ -595,8 +599,7 @@ def evaluate_vq(model, dev_set, cfg, device):
     """Dev L_VQ terms, CP accuracy, codebook usage / perplexity over the whole split, and, where the data set has
     the synthetic generator's ground truth, purity / NMI of each clip's code against the primitive at its centre."""
     model.eval()
-    batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dev_set)))]
-               for j in range(0, len(dev_set), cfg.vq_batch_size)]
+    batches = eval_batches(len(dev_set), cfg.vq_batch_size)
     keys = ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance")
     sums, n, codes, names = {}, 0, [], []
     for batch in loader(SeededItems(dev_set, cfg.seed), my_share(batches), cfg.num_workers):
@@ -698,8 +701,6 @@ def save_untrained(cfg, out, model):
         if (checkpoints(out, "ckpt") or checkpoints(out, "best")) and not cfg.overwrite:
             raise SystemExit(f"{out} holds checkpoints: pass --overwrite to replace them")
         tidy_checkpoints(out, drop_after=-1)
-        if os.path.exists(os.path.join(out, "DONE")):
-            os.remove(os.path.join(out, "DONE"))
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         save_checkpoint(out, "best", model, torch.optim.Adam([p for _, p in named]), [n for n, _ in named],
                         dict(step=0, best_dev=0.0, dev={}), cfg)
@@ -733,8 +734,7 @@ def tokenize_videos(vq, dataset, cfg, device, features=False):
     """Character tokens of every video of a data set (eval mode, no augmentation); features=True: the clip features
     z (clips, d) of each video instead."""
     vq.eval()
-    batches = [[(0, i) for i in range(j, min(j + cfg.vq_batch_size, len(dataset)))]
-               for j in range(0, len(dataset), cfg.vq_batch_size)]
+    batches = eval_batches(len(dataset), cfg.vq_batch_size)
     seqs, mine = [], my_share(batches)
     for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
                       desc="tokenize", dynamic_ncols=True, disable=rank_world()[0] > 0):
@@ -816,8 +816,7 @@ def stage_cra(cfg):
 def translate_split(model, dataset, cfg, device, beams=None):
     """Hypotheses and references of a whole split, by real generation."""
     model.eval()
-    batches = [[(0, i) for i in range(j, min(j + cfg.ft_batch_size, len(dataset)))]
-               for j in range(0, len(dataset), cfg.ft_batch_size)]
+    batches = eval_batches(len(dataset), cfg.ft_batch_size)
     hyps, refs, names, mine = [], [], [], my_share(batches)
     for batch in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
                       desc="translate", dynamic_ncols=True, leave=False, disable=rank_world()[0] > 0):
