@@ -83,6 +83,21 @@ class LLaMAConfig:
 # The model
 
 
+class Linear(nn.Linear):
+    """nn.Linear (no bias), with one CPU fast path for decoding. MKL runs a product with few rows (a decoding step
+    has one row per sequence and beam) on a single thread: it reads the weight at ~12 GB/s here, where the cores can
+    read ~30 GB/s. So for <= 32 rows on a CPU, the weight's output rows are cut into one block per thread (a view,
+    no copy) and multiplied as a batch, which MKL spreads over the threads (bench/bench_llama.py: decode 1.5x)."""
+
+    def forward(self, x):
+        rows, n = x.numel() // x.shape[-1], torch.get_num_threads()
+        if rows > 32 or n == 1 or x.device.type != "cpu" or self.out_features % n:
+            return F.linear(x, self.weight)
+        w = self.weight.view(n, self.out_features // n, self.in_features)  # (n, out/n, in)
+        y = torch.bmm(x.reshape(1, rows, -1).expand(n, rows, -1), w.transpose(1, 2))  # (n, rows, out/n)
+        return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -131,10 +146,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self.wq = Linear(cfg.dim, cfg.n_heads * hd, bias=False)
+        self.wk = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wv = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.wo = Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
     def forward(self, x, cos, sin, mask, cache=None, layer=0):
         B, T, _ = x.shape
@@ -162,9 +177,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.w_gate = Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_up = Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_down = Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # SwiGLU
@@ -188,7 +203,7 @@ class LLaMA(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
         # recompute each block's activations in backward instead of keeping them (memory for a 7B model): the LLM is
@@ -284,7 +299,8 @@ class LLaMA(nn.Module):
             if bool(done.all()):
                 break
             if cache is not None:
-                cache.reorder(src)
+                if K > 1:  # with one beam, row i continues row i: nothing to move
+                    cache.reorder(src)
                 logits = self(tokens=tok[:, None], cache=cache)[:, -1]
             else:
                 embeds = torch.cat([embeds[src], self.tok_embeddings(tok)[:, None]], dim=1)

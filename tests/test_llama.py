@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from llama import LLaMA, LLaMAConfig, Tokenizer, read_safetensors_header, smollm2
+from llama import LLaMA, LLaMAConfig, Linear, Tokenizer, read_safetensors_header, smollm2
 
 transformers = pytest.importorskip("transformers")
 
@@ -88,6 +88,25 @@ def test_activation_checkpointing_gives_the_same_input_gradients(tmp_path):
     with torch.no_grad():  # generation (no grad): no recomputation, no checkpoint overhead
         m(embeds=embeds, attn_mask=mask)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_decoding_fast_path_equals_plain_linear_in_float64(threads, restore_threads):
+    """Linear's CPU path for <= 32 rows (the weight cut into one block per thread, multiplied as a batch) gives
+    F.linear's result, with and without gradients, on row counts around the switch and widths that do and do not
+    divide by the thread count (those take the plain path)."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(random.randrange(2**31))
+    for out_features in (6 * threads * 7, 6 * threads * 7 + 1):
+        lin = Linear(37, out_features, bias=False).double()
+        for rows in (1, 5, 32, 33):
+            x = torch.randn(rows, 1, 37, dtype=torch.float64, generator=g, requires_grad=True)
+            ref = x.detach() @ lin.weight.detach().t()
+            y = lin(x)
+            assert y.shape == (rows, 1, out_features)
+            torch.testing.assert_close(y.detach(), ref, rtol=1e-12, atol=1e-12)
+            y.pow(2).sum().backward()
+            torch.testing.assert_close(x.grad, 2 * ref @ lin.weight.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):
