@@ -364,13 +364,15 @@ def codebook_usage(idx, M):
     return float((p > 0).double().mean()), float(H.exp())
 
 
-def kmeans(x, k, iters=50, seed=0):
+def kmeans(x, k, iters=50, seed=0, init=None):
     """Lloyd's k-means (Table 5 "w/o VQ-Sign" quantizes E_v's features with it): x (n, d) -> centroids (k, d),
-    started from k distinct rows of x drawn with `seed`; a cluster that empties keeps its centroid (our choice)."""
+    started from `init` (k, d) or else from k distinct rows of x drawn with `seed`; a cluster that empties keeps its
+    centroid (our choice)."""
     if len(x) < k:
         raise ValueError(f"kmeans: {len(x)} points for k = {k} clusters")
     x = x.double()
-    c = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()  # (k, d)
+    c = (x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]] if init is None
+         else init.double()).clone()  # (k, d)
     for _ in range(iters):
         a = (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.t() + c.pow(2).sum(1)).argmin(1)  # (n, d) @ (d, k): nearest
         n = torch.bincount(a, minlength=k)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from vq import (ContextGRU, ResNet18, VQConfig, VQSign, VisualEncoder, codebook_usage, context_prediction,
+from vq import (ContextGRU, ResNet18, VQConfig, VQSign, VisualEncoder, codebook_usage, context_prediction, kmeans,
                 load_resnet18_weights, token_alignment)
 
 SEED = int(os.environ.get("VQ_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
@@ -368,3 +368,20 @@ def test_overfit_a_handful_of_synthetic_videos(tiny_synthetic):
     first, last = hist[0], hist[-1]
     assert last["loss"] < 0.6 * first["loss"] and last["L_cp"] < 0.7 * first["L_cp"], (first, last)
     assert last["cp_beaten"] > 0.85 and last["cp_acc"] > 5 * last["cp_chance"], last  # chance: 0.5 and cp_chance
+
+
+def test_kmeans_from_a_given_codebook_lowers_the_codebook_term_to_a_fixed_point():
+    """cra_refit: Lloyd steps started from the learned codebook. Each step lowers sum_z min_m ||z - c_m||^2 (Eq. 2's
+    codebook term), and at convergence every centroid is the mean of the points nearest to it (brute force)."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    x = torch.randn(523, 7, generator=g, dtype=torch.float64)
+    init = x[:13] + 0.5 * torch.randn(13, 7, generator=g, dtype=torch.float64)
+    start = init.clone()
+    term = lambda c: ((x[:, None] - c[None]) ** 2).sum(-1).min(1).values.sum()  # noqa: E731
+    c1, c_end = kmeans(x, 13, iters=1, init=init), kmeans(x, 13, iters=500, init=init)
+    assert torch.equal(init, start)  # the caller's codebook is not modified in place
+    assert term(c_end) <= term(c1) + 1e-9 and term(c1) < term(init)
+    nearest = ((x[:, None] - c_end[None]) ** 2).sum(-1).argmin(1)
+    for m in range(13):
+        if (nearest == m).any():
+            torch.testing.assert_close(c_end[m], x[nearest == m].mean(0))
