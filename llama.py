@@ -89,12 +89,14 @@ class Linear(nn.Linear):
     read ~30 GB/s. So for <= 32 rows on a CPU, the weight's output rows are cut into one block per thread (a view,
     no copy) and multiplied as a batch, which MKL spreads over the threads (bench/bench_llama.py: decode 1.5x)."""
 
+    fast_rows = 32  # the switch (bench/bench_llama.py measures both paths at 1..64 rows)
+
     def forward(self, x):
         rows, n = x.numel() // x.shape[-1], torch.get_num_threads()
-        if rows > 32 or n == 1 or x.device.type != "cpu" or self.out_features % n:
+        if rows > self.fast_rows or n == 1 or x.device.type != "cpu" or self.out_features % n:
             return F.linear(x, self.weight)
         w = self.weight.view(n, self.out_features // n, self.in_features)  # (n, out/n, in)
-        y = torch.bmm(x.reshape(1, rows, -1).expand(n, rows, -1), w.transpose(1, 2))  # (n, rows, out/n)
+        y = torch.bmm(x.reshape(1, rows, self.in_features).expand(n, -1, -1), w.transpose(1, 2))  # (n, rows, out/n)
         return y.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
 
 

@@ -66,7 +66,7 @@ class TrainConfig:
     cra_steps: int = 200          # Adam steps on L_MMD (our choice: the paper gives no schedule for this sub-stage)
     cra_vocab: str = ""           # a vocab.txt to use instead of searching (the report's rows share one search)
     cra_refit: int = 0            # > 0: before the search, this many Lloyd steps on the codebook over every training
-                                  # clip's z, from the learned codebook (ours: Eq. 2's codebook term solved outright)
+                                  # clip's z, from the learned codebook (ours: Eq. 2's codebook term, minimised further)
     kmeans_encoder: str = ""      # vq.quantizer=kmeans: a training output folder (an encoder-only run's out/ft)
     # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
     ft_lr: float = 0.001          # Sec. 4.1
@@ -768,18 +768,25 @@ def stage_cra(cfg):
     """Sec. 3.4 (ii): the word codebook by the search of Sec. 3.3, then f and s0 trained with L_MMD (Eq. 6)."""
     device = device_of(cfg)
     skipped = []
-    train_set, _ = prepare_data(cfg, skipped)
+    train_set, dev_set = prepare_data(cfg, skipped)
     out = os.path.join(cfg.out_dir, "cra")
     if cfg.signllm.tokens == "features":
         raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
     vq = VQSign(cfg.vq).to(device)
     load_checkpoint(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
-    if cfg.cra_refit:  # c_m <- mean of the z nearest to it, repeated: the minimum of sum ||sg(z) - c||^2 (Eq. 2)
-        z = torch.cat(tokenize_videos(vq, plain, cfg, device, features=True))  # (clips, d)
+    if cfg.cra_refit and cfg.vq.quantizer == "vq":  # (k-means centroids are a Lloyd fixed point already)
+        # c_m <- mean of the z nearest to it, repeated: Lloyd steps towards a local minimum of sum ||sg(z) - c||^2,
+        # Eq. 2's codebook term, over every training clip (eval-mode features, no augmentation). Deterministic, so a
+        # run given --cra_vocab recomputes the codebook that vocabulary was searched on.
+        before = evaluate_vq(vq, dev_set, cfg, device)
+        z = torch.cat(tokenize_videos(vq, plain, cfg, device, features=True))  # (clips, d), on the CPU
         with torch.no_grad():
-            vq.codebook.copy_(kmeans(z, cfg.vq.M, iters=cfg.cra_refit, init=vq.codebook).to(vq.codebook.dtype))
-        print(f"codebook refit: {cfg.cra_refit} Lloyd steps over the {len(z)} training clips' features")
+            vq.codebook.copy_(kmeans(z, cfg.vq.M, iters=cfg.cra_refit, init=vq.codebook.detach().cpu()))
+        after = evaluate_vq(vq, dev_set, cfg, device)
+        print(f"codebook refit: {cfg.cra_refit} Lloyd steps over the {len(z)} training clips' features; dev "
+              + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in ("L_code", "perplexity", "purity", "nmi")
+                          if k in after))
     if cfg.cra_vocab:  # a search done already, for the same characters
         res = cra.load_vocab(cfg.cra_vocab)
         if res.n_chars != cfg.vq.M:

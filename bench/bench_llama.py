@@ -3,7 +3,7 @@
     python bench/bench_llama.py            # CPU: SmolLM2-135M fp32
     python bench/bench_llama.py --gpu7b    # adds a 7B-shaped bf16 decode on a GPU (random weights), if one is present
 
-Medians of --reps repetitions; ratios are ours / theirs in speed (higher is better for us).
+Medians of --reps repetitions, ours and theirs in turn; ratios are ours / theirs in speed (higher is better for us).
 """
 import argparse
 import os
@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llama import LLaMA, LLaMAConfig, smollm2  # noqa: E402
+from llama import LLaMA, LLaMAConfig, Linear, smollm2  # noqa: E402
 
 
 def median_time(fn, reps):
@@ -27,6 +27,15 @@ def median_time(fn, reps):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_pair(fa, fb, reps):
+    """Medians of fa's and fb's times, the two run in turn (a, b, a, b, ...) so that load changes hit both."""
+    ta, tb = [], []
+    for _ in range(reps):
+        ta.append(median_time(fa, 1))
+        tb.append(median_time(fb, 1))
+    return statistics.median(ta), statistics.median(tb)
 
 
 def load_rss(path, which, tiny):
@@ -71,6 +80,24 @@ def weight_pass(model):
     return run
 
 
+def linear_rows(model, reps):
+    """llama.Linear's two paths on every weight matrix of the model, per row count: plain F.linear vs the weight cut
+    into one block per thread and multiplied as a batch (forced at every row count here)."""
+    mats = [m for m in model.modules() if isinstance(m, Linear)]
+    mats = list({id(m.weight): m for m in mats}.values())  # the tied output layer once
+    print(f"llama.Linear on SmolLM2's {len(mats)} matrices, {torch.get_num_threads()} threads (ms per pass, median):")
+    for rows in (1, 8, 16, 32, 64):
+        xs = [torch.randn(rows, 1, m.in_features) for m in mats]
+        plain = lambda: [torch.nn.functional.linear(x, m.weight) for x, m in zip(xs, mats)]  # noqa: E731
+        split = lambda: [m(x) for x, m in zip(xs, mats)]  # noqa: E731
+        switch, Linear.fast_rows = Linear.fast_rows, 10**9
+        with torch.no_grad():
+            t_plain, t_split = median_pair(plain, split, reps)
+        Linear.fast_rows = switch
+        print(f"  {rows:3d} rows: F.linear {t_plain * 1e3:7.1f}  blocks per thread {t_split * 1e3:7.1f}  "
+              f"{t_plain / t_split:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=3)
@@ -90,8 +117,8 @@ def main():
 
     prompt = torch.randint(100, V, (1, args.prompt_len))
     with torch.no_grad():
-        t_o = median_time(lambda: ours(prompt, last_only=True), args.reps)
-        t_h = median_time(lambda: hf(input_ids=prompt, logits_to_keep=1), args.reps)
+        t_o, t_h = median_pair(lambda: ours(prompt, last_only=True), lambda: hf(input_ids=prompt, logits_to_keep=1),
+                               args.reps)
     rows.append(("prefill tok/s (B=1, T=%d)" % args.prompt_len, args.prompt_len / t_o, args.prompt_len / t_h))
 
     n = args.new_tokens
@@ -99,8 +126,8 @@ def main():
     a = ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1)[0]
     b = hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, 16:].tolist()
     same = sum(x == y for x, y in zip(a, b))
-    t_o = median_time(lambda: ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1), args.reps)
-    t_h = median_time(lambda: hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False), args.reps)
+    t_o, t_h = median_pair(lambda: ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1),
+                           lambda: hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False), args.reps)
     rows.append((f"decode tok/s (B=1, {n} new, incl. 16-token prefill)", n / t_o, n / t_h))
     with torch.no_grad():
         t_floor = median_time(weight_pass(ours), max(5, args.reps))
@@ -116,11 +143,9 @@ def main():
         return e.grad
 
     with torch.no_grad():
-        t_o = median_time(lambda: ours(embeds=embeds), args.reps)
-        t_h = median_time(lambda: hf(inputs_embeds=embeds), args.reps)
+        t_o, t_h = median_pair(lambda: ours(embeds=embeds), lambda: hf(inputs_embeds=embeds), args.reps)
     rows.append(("forward s (B=16, T=48, embeds in) [time: lower is better]", t_o, t_h))
-    t_o = median_time(lambda: fb(ours, False), args.reps)
-    t_h = median_time(lambda: fb(hf, True), args.reps)
+    t_o, t_h = median_pair(lambda: fb(ours, False), lambda: fb(hf, True), args.reps)
     rows.append(("forward+backward s (B=16, T=48, grads to inputs) [time]", t_o, t_h))
 
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
@@ -139,9 +164,12 @@ def main():
         speedup = (h / o) if ("[" in name) else (o / h)  # both > 0: each is a measured time, rate or ratio
         print(f"{name:60s} {o:10.3f} {h:13.3f} {speedup:14.2f}x")
     print(f"greedy decode: {same}/{n} tokens identical between ours and transformers")
-    print(f"decode ceiling: reading every weight once takes {t_floor * 1e3:.1f} ms = {floor_rate:.1f} tok/s at most; "
+    print(f"decode ceiling (estimate): reading every weight once takes {t_floor * 1e3:.1f} ms = {floor_rate:.1f} "
+          "tok/s; "
           f"decode reaches {rows[1][1] / floor_rate:.0%} of it (ours) and {rows[1][2] / floor_rate:.0%} (transformers)")
     print(f"weights: {weight_bytes / 2**20:.0f} MiB")
+
+    linear_rows(ours, max(5, args.reps))
 
     if args.gpu7b:
         if not torch.cuda.is_available():

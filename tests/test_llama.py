@@ -91,22 +91,31 @@ def test_activation_checkpointing_gives_the_same_input_gradients(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_decoding_fast_path_equals_plain_linear_in_float64(threads, restore_threads):
+def test_decoding_fast_path_equals_plain_linear_in_float64(threads, restore_threads, monkeypatch):
     """Linear's CPU path for <= 32 rows (the weight cut into one block per thread, multiplied as a batch) gives
-    F.linear's result, with and without gradients, on row counts around the switch and widths that do and do not
-    divide by the thread count (those take the plain path)."""
+    F.linear's result, with gradients and under no_grad, for contiguous and strided inputs, on row counts around the
+    switch and widths that do and do not divide by the thread count (those take the plain path)."""
     torch.set_num_threads(threads)
+    calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or bmm(*a))
     g = torch.Generator().manual_seed(random.randrange(2**31))
     for out_features in (6 * threads * 7, 6 * threads * 7 + 1):
         lin = Linear(37, out_features, bias=False).double()
-        for rows in (1, 5, 32, 33):
-            x = torch.randn(rows, 1, 37, dtype=torch.float64, generator=g, requires_grad=True)
-            ref = x.detach() @ lin.weight.detach().t()
-            y = lin(x)
-            assert y.shape == (rows, 1, out_features)
-            torch.testing.assert_close(y.detach(), ref, rtol=1e-12, atol=1e-12)
-            y.pow(2).sum().backward()
-            torch.testing.assert_close(x.grad, 2 * ref @ lin.weight.detach(), rtol=1e-12, atol=1e-12)
+        W = lin.weight.detach()
+        for rows in (0, 1, 5, 32, 33):
+            for strided in (False, True):
+                base = torch.randn(rows, 1, 74 if strided else 37, dtype=torch.float64, generator=g)
+                x = (base[..., ::2] if strided else base).requires_grad_()  # ::2: a non-contiguous input
+                n_calls = len(calls)
+                y = lin(x)
+                fast = out_features % threads == 0 and rows <= 32
+                assert len(calls) - n_calls == int(fast), (rows, out_features, threads)
+                torch.testing.assert_close(y.detach(), x.detach() @ W.t(), rtol=1e-12, atol=1e-12)
+                y.pow(2).sum().backward()
+                torch.testing.assert_close(x.grad, 2 * (x.detach() @ W.t()) @ W, rtol=1e-12, atol=1e-12)
+                with torch.no_grad():
+                    torch.testing.assert_close(lin(x), x.detach() @ W.t(), rtol=1e-12, atol=1e-12)
 
 
 def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):

@@ -41,7 +41,10 @@ def test_all_stages_tiny(tmp_path, capsys):
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     args = TINY + [f"--data.root={root}", f"--out_dir={out}", f"--llm={llm}"]
     train.main(["--stage=vq"] + args)
+    capsys.readouterr()
     cra_history = train.main(["--stage=cra", "--cra_refit=5"] + args)
+    refit_lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("codebook refit: 5 Lloyd steps")]
+    assert len(refit_lines) == 1 and " purity " in refit_lines[0] and " nmi " in refit_lines[0], refit_lines
     mmd = [h["L_MMD"] for h in cra_history]
     # the refit (Lloyd steps from the learned codebook) lowered Eq. 2's codebook term over the training clips, and
     # the refitted codebook is what the cra checkpoint holds

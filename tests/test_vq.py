@@ -371,15 +371,15 @@ def test_overfit_a_handful_of_synthetic_videos(tiny_synthetic):
 
 
 def test_kmeans_from_a_given_codebook_lowers_the_codebook_term_to_a_fixed_point():
-    """cra_refit: Lloyd steps started from the learned codebook. Each step lowers sum_z min_m ||z - c_m||^2 (Eq. 2's
-    codebook term), and at convergence every centroid is the mean of the points nearest to it (brute force)."""
+    """cra_refit: Lloyd steps started from the learned codebook (float32, as VQ-Sign keeps it). Each step lowers
+    sum_z min_m ||z - c_m||^2 (Eq. 2's codebook term), and at convergence every centroid is the mean of the points
+    nearest to it (brute force)."""
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     x = torch.randn(523, 7, generator=g, dtype=torch.float64)
-    init = x[:13] + 0.5 * torch.randn(13, 7, generator=g, dtype=torch.float64)
-    start = init.clone()
-    term = lambda c: ((x[:, None] - c[None]) ** 2).sum(-1).min(1).values.sum()  # noqa: E731
-    c1, c_end = kmeans(x, 13, iters=1, init=init), kmeans(x, 13, iters=500, init=init)
-    assert torch.equal(init, start)  # the caller's codebook is not modified in place
+    init = (x[:13] + 0.5 * torch.randn(13, 7, generator=g, dtype=torch.float64)).float()
+    term = lambda c: ((x[:, None] - c[None].double()) ** 2).sum(-1).min(1).values.sum()  # noqa: E731
+    c1, c_end = kmeans(x.float(), 13, iters=1, init=init), kmeans(x, 13, iters=500, init=init)
+    assert c1.dtype == torch.float64 and c1.shape == (13, 7)
     assert term(c_end) <= term(c1) + 1e-9 and term(c1) < term(init)
     nearest = ((x[:, None] - c_end[None]) ** 2).sum(-1).argmin(1)
     for m in range(13):
