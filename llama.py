@@ -61,7 +61,8 @@ class LLaMAConfig:
         rope_params = c.get("rope_parameters") or {}
         rope_theta = rope_params.get("rope_theta", c.get("rope_theta", 10000.0))
         # refuse what this file does not implement, instead of computing something else silently
-        scaling = c.get("rope_scaling") or (rope_params if rope_params.get("rope_type", "default") != "default" else None)
+        scaled = rope_params.get("rope_type", "default") != "default"
+        scaling = c.get("rope_scaling") or (rope_params if scaled else None)
         if scaling:
             raise ValueError(f"{path}: RoPE scaling {scaling} is not implemented (plain RoPE only)")
         if c.get("attention_bias") or c.get("mlp_bias"):
