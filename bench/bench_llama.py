@@ -71,7 +71,8 @@ print(base, status("VmHWM"))
 
 def weight_pass(model):
     """Read every weight once (a sum per matrix): the memory traffic a decoding step cannot avoid (tied embeddings
-    read once). 1 / its time bounds the decode rate of any fp32 implementation on this machine."""
+    read once). 1 / its time estimates the decode ceiling of an fp32 implementation on this machine (an estimate: a
+    sum is one way to read memory, not necessarily the fastest)."""
     mats = [p for p in model.parameters() if p.dim() == 2]
 
     def run():
