@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import mmd
+from kernels.mmd import mmd
 
 
 @dataclass

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image  # Pillow comes with imageio
 
-CLIP_LEN, CLIP_STRIDE = 13, 4  # Sec. 4.1: "Each clip consists of 13 frames and the gap between neighboring clips is 4"
+from vq import CLIP_LEN, CLIP_STRIDE, cut_clips, num_clips, padded_length  # noqa: F401  (clip geometry, Sec. 4.1)
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTS, VIDEO_EXTS = (".png", ".jpg", ".jpeg", ".bmp"), (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 PHOENIX_CSV = "annotations/manual/PHOENIX-2014-T.{split}.corpus.csv"
@@ -52,28 +53,7 @@ class Sample:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# clip framing (Sec. 3.2, 4.1)
-
-def num_clips(n_frames: int) -> int:
-    """T = 1 + ceil(max(N - 13, 0) / 4): the number of 13-frame clips, stride 4, covering N >= 1 frames."""
-    if n_frames < 1:
-        raise DataError(f"a video needs at least one frame, got {n_frames}")
-    return 1 + -(-max(n_frames - CLIP_LEN, 0) // CLIP_STRIDE)
-
-
-def padded_length(n_clips: int) -> int:
-    """Frames spanned by n_clips clips: 13 + 4 (T - 1)."""
-    return CLIP_LEN + CLIP_STRIDE * (n_clips - 1)
-
-
-def cut_clips(frames: torch.Tensor, n_clips: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3, H, W) frames -> (B, T, 13, 3, H, W) clips, T = max(n_clips); a view, nothing is copied."""
-    T = int(n_clips.max())
-    if frames.shape[1] < padded_length(T):
-        raise DataError(f"frames has {frames.shape[1]} time steps, {T} clips need {padded_length(T)}")
-    clips = frames.unfold(1, CLIP_LEN, CLIP_STRIDE)  # (B, T', 3, H, W, 13)
-    return clips[:, :T].permute(0, 1, 5, 2, 3, 4)    # (B, T, 13, 3, H, W)
-
+# clip labels of the synthetic ground truth (the clip geometry itself lives in vq.py, beside the Conv3D that needs it)
 
 def clip_labels(segments: list, n_frames: int) -> list:
     """Per clip, the label of the segment [label, start, end) holding the clip's middle frame (None if none)."""

@@ -23,8 +23,35 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import CLIP_LEN, CLIP_STRIDE, num_clips, padded_length
-from kernels import nearest_code
+from kernels.nearest_code import nearest_code
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# clip framing (Sec. 3.2, 4.1): a video of N >= 1 frames is cut into T = 1 + ceil(max(N - 13, 0) / 4) clips; clip t
+# holds frames 4t .. 4t + 12, and the video is padded with its last frame to 13 + 4 (T - 1) frames
+
+CLIP_LEN, CLIP_STRIDE = 13, 4  # Sec. 4.1: "Each clip consists of 13 frames and the gap between neighboring clips is 4"
+
+
+def num_clips(n_frames):
+    """T = 1 + ceil(max(N - 13, 0) / 4): the number of 13-frame clips, stride 4, covering N >= 1 frames."""
+    if n_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {n_frames}")
+    return 1 + -(-max(n_frames - CLIP_LEN, 0) // CLIP_STRIDE)
+
+
+def padded_length(n_clips):
+    """Frames spanned by n_clips clips: 13 + 4 (T - 1)."""
+    return CLIP_LEN + CLIP_STRIDE * (n_clips - 1)
+
+
+def cut_clips(frames, n_clips):
+    """(B, N, 3, H, W) frames -> (B, T, 13, 3, H, W) clips, T = max(n_clips); a view, nothing is copied."""
+    T = int(n_clips.max())
+    if frames.shape[1] < padded_length(T):
+        raise ValueError(f"frames has {frames.shape[1]} time steps, {T} clips need {padded_length(T)}")
+    clips = frames.unfold(1, CLIP_LEN, CLIP_STRIDE)  # (B, T', 3, H, W, 13)
+    return clips[:, :T].permute(0, 1, 5, 2, 3, 4)    # (B, T, 13, 3, H, W)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
