@@ -6,7 +6,8 @@
 
 Training (Sec. 3.4): L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim, with L_sim the cross-entropy of the target text
 given the prompt and W (teacher forcing, target tokens only); the LLM's weights never change, gradients go through it
-to W. Inference: greedy or beam search with the LLM's KV cache.
+to W. Inference: greedy or beam search with the LLM's KV cache. Building a model from configs and loading a trained
+one (`SignLLM.from_checkpoint`) live here, as nanoGPT's `GPT.from_pretrained`.
 
     python signllm.py --ckpt out/ft path/to/video_or_frame_folder ...   # translate a user's own videos
 """
@@ -20,26 +21,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llama import KVCache
+import engine
+import cra
+from llama import KVCache, LLaMA, Tokenizer, smollm2
+from vq import VQConfig, VQSign
 
 
 @dataclass
 class SignLLMConfig:
-    language: str = "English"
+    llm: str = ""                # a Hugging Face LLaMA folder; "" = the embedded SmolLM2-135M-Instruct
+    language: str = "English"    # the target language the prompt asks for
     # the text prompt of Sec. 3.1; {sign} is where the sign sentence W goes. Ours: the paper's is in its supplement
     prompt: str = "Translate this sign language sentence into {language}: {sign}"
+    f_hidden: int = 1024         # width of f's hidden layer (the paper: "two fc-layers with ReLU", no width given)
     lambda_mmd: float = 0.5      # lambda_1 (Sec. 4.1)
     lambda_sim: float = 1.0      # lambda_2 (Sec. 4.1)
     max_new_tokens: int = 40
     beams: int = 1               # 1 = greedy
-    prefix_cache: bool = True    # training: the prompt's fixed opening goes through the frozen LLM once, its keys and
-                                 # values are reused every step (same L_sim, ~1/3 fewer tokens per step here)
+    prefix_cache: bool = True    # training: the prompt's fixed opening goes through the LLM once, its keys and values
+                                 # are reused every step (same L_sim, fewer tokens per step)
+    checkpoint_llm: bool = False  # recompute the LLM blocks' activations in backward: less memory, ~1/3 more compute
     # ablations (Tables 3-5 of the paper); the defaults are SignLLM itself
-    tokens: str = "words"        # words: CRA's word tokens (Sec. 3.3); chars: VQ-Sign's Z_hat, one per clip, straight
-                                 # into f (Table 5 "w/o codebook reconstruction"); features: E_v's continuous z, no
-                                 # quantization and no L_VQ (Table 4 "encoder only")
+    tokens: str = "words"        # words: CRA's word tokens (Sec. 3.3); chars: VQ-Sign's characters, one per clip,
+                                 # straight into f (Table 5 "w/o codebook reconstruction"); features: E_v's continuous
+                                 # z, no quantization and no L_VQ (Table 4 "encoder only")
     decoder: str = "llm"         # llm: the frozen LLM; transformer: a small trainable one (Table 3 "w/o LLM")
     decoder_layers: int = 2      # encoder and decoder layers of that transformer
+    lora_rank: int = 0           # > 0: LoRA of this rank on the LLM's attention projections (Table 4 "Encoder + FT")
 
 
 class SmallTranslator(nn.Module):
@@ -113,9 +121,12 @@ class SignLLM(nn.Module):
                         if cfg.decoder == "transformer" else None)
         # the LLM is frozen and comes from its own checkpoint: kept out of our modules, state dicts and optimizer
         self.__dict__["llm"], self.__dict__["tok"] = llm, tok
+        # LoRA factors (Table 4 "Encoder + FT") are ours: trained and checkpointed, the base weights stay frozen
+        self.lora = llm.add_lora(cfg.lora_rank) if cfg.lora_rank else None
         text = tok.chat(cfg.prompt.format(language=cfg.language, sign="\0"))
-        before, after = text.split("\0")
-        self.prompt_before, self.prompt_after = tok.encode(before, bos=False), tok.encode(after)
+        before, after = text.split("\0")  # the opening gets BOS where the tokenizer's convention says so
+        self.prompt_before = tok.encode(before, bos=getattr(tok, "add_bos", False))
+        self.prompt_after = tok.encode(after, bos=False)
         if cfg.lambda_mmd and cfg.tokens == "features":
             raise ValueError("tokens=features (encoder only) has no token codebook for L_MMD: set lambda_mmd=0")
         if cfg.lambda_mmd and cra.text_ids.numel() == 0:
@@ -178,10 +189,12 @@ class SignLLM(nn.Module):
 
     def L_sim(self, W, W_mask, texts):
         """Cross-entropy of the target tokens (text + eos) given prompt and W: Sec. 3.4's L_sim."""
-        targets = [self.tok.encode(t) + [self.tok.eos_id] for t in texts]
+        targets = [self.tok.encode(t, bos=False) + [self.tok.eos_id] for t in texts]
         if self.decoder is not None:
             return self.decoder.loss(W, W_mask, targets)
-        cached = self.cfg.prefix_cache and len(self.prompt_before) > 0 and not self.llm.grad_checkpointing
+        # the cached opening holds no gradient: not with activation checkpointing or LoRA (whose factors it would need)
+        cached = self.cfg.prefix_cache and len(self.prompt_before) > 0 and not (self.llm.grad_checkpointing
+                                                                                 or self.lora)
         embeds, mask, starts = self.prompt_embeds(W, W_mask, targets, opening=not cached)
         cache = self.prefix(W.shape[0], embeds.shape[1]) if cached else None
         h = self.llm(embeds=embeds, attn_mask=mask, cache=cache, hidden=True)  # (B, T, dim): logits only where needed
@@ -236,6 +249,50 @@ class SignLLM(nn.Module):
         return [self.tok.decode(o).strip() for o in out]
 
 
+def load_llm(cfg, device):
+    """The frozen LLaMA and its tokenizer: cfg.llm (a Hugging Face folder) or the embedded SmolLM2 default."""
+    path = cfg.llm or smollm2()
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # the paper's LLaMA is 16-bit
+    llm = LLaMA.from_pretrained(path, dtype=dtype, device=device)  # read straight into dtype: no fp32 copy on a GPU
+    llm.grad_checkpointing = cfg.checkpoint_llm
+    return llm, Tokenizer.from_pretrained(path)
+
+
+def build(vq_cfg, cfg, llm, tok, tensors=None):
+    """A SignLLM from its configs and a loaded LLM. Its CRA tables (vocabulary, word frequencies, the text token ids
+    of Eq. 6, RBF bandwidths) come from a checkpoint's tensors; without them (the encoder-only model) the vocabulary
+    is the bare characters, unused."""
+    M, t = vq_cfg.M, {k[10:]: v for k, v in (tensors or {}).items() if k.startswith("model.cra.")}
+    vocab, freqs, text_ids, sigmas = [(c,) for c in range(M + 1)], [0] * (M + 1), [], []
+    if "word_chars" in t:
+        vocab = [tuple(w[:n].tolist()) for w, n in zip(t["word_chars"], t["word_len"])]
+        freqs, text_ids, sigmas = t["used"].int().tolist(), t["text_ids"].tolist(), t["sigmas"].tolist()
+        if vocab[:M + 1] != [(c,) for c in range(M + 1)] or (M + 1,) in vocab:  # characters 0..M, s0 = M
+            raise SystemExit(f"vq.M: checkpoint {tensors['model.vq.codebook'].shape[0]}, now {M} (the vocabulary's "
+                             "characters are the checkpoint's codebook)")
+        if t["f.fc2.weight"].shape[0] != llm.cfg.dim:  # f: d -> the LLM's width
+            raise SystemExit(f"f projects to width {t['f.fc2.weight'].shape[0]} in the checkpoint, the LLM now "
+                             f"(llm={cfg.llm!r}) has width {llm.cfg.dim}: pass the LLM it was trained with")
+    tokens = cra.SignTokens(vocab, freqs, M, vq_cfg.d, llm.cfg.dim, cfg.f_hidden, text_ids, sigmas)
+    return SignLLM(VQSign(vq_cfg), tokens, llm, tok, cfg)
+
+
+def from_checkpoint(folder, vq_cfg=None, cfg=None, device="cpu"):
+    """A trained SignLLM from a training output folder (out/ft, or out/cra) -> (model, the checkpoint's config dict).
+    Without configs, those the checkpoint was trained with. Parts that fine-tuning creates (the small decoder of
+    Table 3, LoRA factors) start fresh when the checkpoint has none of them (a cra checkpoint)."""
+    meta, tensors = engine.read(folder, "best")
+    saved = meta["config"]
+    vq_cfg = vq_cfg or VQConfig(**saved["vq"])
+    cfg = cfg or SignLLMConfig(**saved["signllm"])
+    model = build(vq_cfg, cfg, *load_llm(cfg, device), tensors).to(device)
+    new = tuple(p for p in ("decoder.", "lora.") if not any(k.startswith("model." + p) for k in tensors))
+    fresh = {f"model.{k}": v for k, v in model.state_dict().items() if k.startswith(new)} if new else {}
+    now = {"vq": dataclasses.asdict(vq_cfg), "signllm": dataclasses.asdict(cfg)}
+    engine.restore(model, {**tensors, **fresh}, meta, now, where=os.path.join(folder, meta["weights"]))
+    return model, saved
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Translate sign videos (video files or frame folders) with a checkpoint")
     p.add_argument("--ckpt", required=True, help="a training output folder (e.g. out/ft)")
@@ -243,13 +300,13 @@ def main(argv=None):
     p.add_argument("videos", nargs="+")
     args = p.parse_args(argv)
     import data
-    import train
-    model, cfg = train.load_signllm(args.ckpt)
+    model, saved = from_checkpoint(args.ckpt)
     model.eval()
+    data_cfg = data.DataConfig(**dict(saved["data"], skip_bad=False))  # a bad video: say why
     for path in args.videos:
         sample = data.Sample(name=os.path.basename(path.rstrip("/")), text="", gloss=None, path=path)
         try:
-            ds = data.SignDataset([sample], dataclasses.replace(cfg.data, skip_bad=False), train=False)  # say why
+            ds = data.SignDataset([sample], data_cfg, train=False)
             batch = data.collate([ds[0]])
         except data.DataError as e:
             sys.exit(f"error: {e}")

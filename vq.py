@@ -253,6 +253,14 @@ def context_prediction(z, c, clip_mask, W, lam, same_video=False):
 # ---------------------------------------------------------------------------------------------------------------------
 # VQ-Sign
 
+def ddp_agree(t, from_rank0=False):
+    """Under torchrun every process must re-seed the same dead codes: code counts are summed over the processes,
+    the new codes are rank 0's. In one process, t as it is."""
+    if dist.is_initialized():
+        dist.broadcast(t, 0) if from_rank0 else dist.all_reduce(t)
+    return t
+
+
 @dataclass
 class VQConfig:
     width: int = 64            # ResNet18 base width: 64 is torchvision's (ImageNet weights); 16 for the CPU demo
@@ -299,10 +307,7 @@ class VQSign(nn.Module):
         idx = torch.full(clip_mask.shape, -1, dtype=torch.long, device=z.device)
         idx[clip_mask] = idx_v
         if self.training:
-            hits = torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype)
-            if dist.is_initialized():
-                dist.all_reduce(hits)  # DDP: every rank counts every rank's clips, so all find the same dead codes
-            self.code_hits += hits
+            self.code_hits += ddp_agree(torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype))
         return z_hat, idx
 
     def encode(self, frames, clip_mask):
@@ -325,11 +330,7 @@ class VQSign(nn.Module):
         z_valid = z_valid[torch.isfinite(z_valid).all(1)]  # a NaN batch (a step fit will skip) seeds nothing
         if len(dead) and len(z_valid):
             pick = torch.randint(len(z_valid), (len(dead),), device=z_valid.device)
-            self.codebook[dead] = z_valid[pick].to(self.codebook.dtype)
-            if dist.is_initialized():
-                rows = self.codebook[dead].contiguous()
-                dist.broadcast(rows, 0)
-                self.codebook[dead] = rows
+            self.codebook[dead] = ddp_agree(z_valid[pick].to(self.codebook.dtype), from_rank0=True)
         self.code_hits.zero_()
         self.steps_since_reseed.zero_()
         return len(dead) if not dist.is_initialized() or dist.get_rank() == 0 else 0

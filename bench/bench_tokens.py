@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cra  # noqa: E402
 import data  # noqa: E402
-import train  # noqa: E402
+import signllm  # noqa: E402
 from vq import token_alignment  # noqa: E402
 
 
@@ -47,10 +47,10 @@ def word_spans(chars, tokens):
     return out
 
 
-def token_figures(model, cfg, split):
+def token_figures(model, data_cfg, split):
     """The figures of this benchmark for one split, as a dict (bench/report.py puts them in its table)."""
-    gt = data.read_ground_truth(cfg.data.root)["videos"]
-    ds = data.SignDataset(data.load_split(cfg.data.root, split), cfg.data, train=False)
+    gt = data.read_ground_truth(data_cfg.root)["videos"]
+    ds = data.SignDataset(data.load_split(data_cfg.root, split), data_cfg, train=False)
     words, word_gloss, chars, char_gloss, char_prim = [], [], [], [], []
     inside, n_glosses = 0, 0
     for i in range(len(ds)):
@@ -85,8 +85,8 @@ def main():
     p.add_argument("--ckpt", default="out/ft")
     p.add_argument("--split", default="dev")
     args = p.parse_args()
-    model, cfg = train.load_signllm(args.ckpt)
-    f = token_figures(model, cfg, args.split)
+    model, saved = signllm.from_checkpoint(args.ckpt)
+    f = token_figures(model, data.DataConfig(**saved["data"]), args.split)
     print(f"{args.split}: {f['videos']} videos, {f['clips']} clips, {f['word_tokens']} word tokens for {f['glosses']} "
           f"glosses ({f['word_tokens'] / f['glosses']:.2f} words per gloss); vocabulary {f['vocab_words']} words + "
           f"{f['vocab_chars']} characters, {f['multi_char']:.2%} of word tokens are multi-character")

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import signllm  # noqa: E402
 import train  # noqa: E402
 from bench_tokens import token_figures  # noqa: E402
 from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig, smollm2  # noqa: E402
@@ -102,7 +103,8 @@ def run_row(key, flags, share, common, out, times):
         t0 = time.time()
         train.main([f"--stage={stage}", "--overwrite", *args])
         times.setdefault(key, {})[stage] = time.time() - t0
-        open(done, "w").close()
+        if not os.path.exists(done):  # train.py marks vq/cra/ft done itself; eval here
+            open(done, "w").close()
         with open(os.path.join(out, "times.json"), "w") as f:
             json.dump(times, f, indent=1)
 
@@ -131,7 +133,7 @@ def main(argv=None):
         _, _, _, _, flags, share = rows[key]
         if key == "random_llm":
             t0 = time.time()
-            random_llm(cfg.llm or smollm2(), os.path.join(out, "random-llm"), args.random_layers)
+            random_llm(cfg.signllm.llm or smollm2(), os.path.join(out, "random-llm"), args.random_layers)
             times.setdefault(key, {})["build"] = time.time() - t0
         run_row(key, flags, share, common, out, times)
     command = " ".join(sys.argv[1:] if argv is None else argv)
@@ -157,8 +159,9 @@ def write_report(out, rows, times, cfg, args, command, wall):
                      + " | ".join(f"{res[s][c]:.2f}" for s in ("dev", "test") for c in cols)
                      + f" | {mins:.1f} | {pd:.2f} / {pt:.2f} |")
         if share.get("cra", key) is not None and os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
-            model, mcfg = train.load_signllm(os.path.join(d, "ft"))
-            figures.append((name.format(layers=args.random_layers), token_figures(model, mcfg, "dev")))
+            model, saved = signllm.from_checkpoint(os.path.join(d, "ft"))
+            figures.append((name.format(layers=args.random_layers), token_figures(
+                model, data.DataConfig(**saved["data"]), "dev")))
     lines += ["", "Paper numbers are Phoenix-2014T's (real data, LLaMA-7B), for the ordering only: ours are the "
               "synthetic sign language with the rows' short budget.", ""]
     if figures:

@@ -93,11 +93,12 @@ def main(argv=None):
     import imageio.v3 as iio
     import cra
     import data
-    import train
-    model, cfg = train.load_signllm(args.ckpt)
+    import signllm
+    model, saved = signllm.from_checkpoint(args.ckpt)
     model.eval()
-    samples = data.load_split(cfg.data.root, args.split)[:args.n]
-    ds = data.SignDataset(samples, cfg.data, train=False)
+    data_cfg = data.DataConfig(**saved["data"])
+    samples = data.load_split(data_cfg.root, args.split)[:args.n]
+    ds = data.SignDataset(samples, data_cfg, train=False)
     spell = lambda c: "S0" if c == model.cra.n_chars else str(c)  # noqa: E731
     panels = []
     for s, item in zip(samples, ds):

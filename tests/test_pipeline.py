@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import data
+import engine
+import signllm
 import train
 from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig
 
@@ -51,10 +53,10 @@ def test_all_stages_tiny(tmp_path, capsys):
     from vq import VQSign
     cfg = train.parse_args(["--stage=cra"] + args)
     vq = VQSign(cfg.vq)
-    train.load_checkpoint(os.path.join(out, "vq"), "best", vq, cfg=cfg)
+    engine.load(os.path.join(out, "vq"), "best", vq, cfg=cfg)
     z = torch.cat(train.tokenize_videos(vq, data.SignDataset(data.load_split(root, "train"), cfg.data, train=False),
-                                        cfg, "cpu", features=True)).double()  # (clips, d)
-    refit = train.load_signllm(os.path.join(out, "cra"))[0].vq.codebook.detach().double()
+                                        cfg, features=True)).double()  # (clips, d)
+    refit = signllm.from_checkpoint(os.path.join(out, "cra"))[0].vq.codebook.detach().double()
     term = lambda c: torch.cdist(z, c).pow(2).min(1).values.sum()  # noqa: E731  sum_z min_m ||z - c_m||^2
     assert term(refit) < term(vq.codebook.detach().double()) - 1e-6
     assert mmd[-1] < 0.95 * mmd[0], f"the sign-text alignment did not lower L_MMD: {mmd}"  # ~1.00 -> ~0.93
@@ -71,7 +73,6 @@ def test_all_stages_tiny(tmp_path, capsys):
     lines = open(os.path.join(out, "eval", "test.tsv"), encoding="utf-8").read().splitlines()
     assert len(lines) == 1 + len(data.load_split(root, "test"))
     # the command-line translator reads a frame folder and prints one line per video
-    import signllm
     sample = data.load_split(root, "test")[0]
     capsys.readouterr()
     signllm.main(["--ckpt", os.path.join(out, "ft"), sample.path])

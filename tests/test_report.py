@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import data
-import train
+import engine
 import vq
 from test_pipeline import TINY, tiny_llm
 
@@ -30,7 +30,7 @@ def restore_threads():
 
 
 def best(folder):
-    meta = json.load(open(train.checkpoints(folder, "best")[-1]))
+    meta = json.load(open(engine.checkpoints(folder, "best")[-1]))
     return meta, load_file(os.path.join(folder, meta["weights"]))
 
 

@@ -16,8 +16,11 @@ import pytest
 import torch
 
 import data
+import engine
+import signllm
 import train
 import vq
+from safetensors.torch import load_file
 from test_pipeline import tiny_llm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +45,7 @@ def log_of(out):
 
 
 def newest(out, tag):
-    return json.load(open(train.checkpoints(os.path.join(out, "vq"), tag)[-1]))
+    return json.load(open(engine.checkpoints(os.path.join(out, "vq"), tag)[-1]))
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,8 @@ def baseline(tiny, tmp_path_factory):
 DRIVER = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import train
-target, real = sys.argv[2], train._fsync_write
+import engine, train
+target, real = sys.argv[2], engine.atomic_write
 
 def write_then_die(path, write):
     if os.path.basename(path) == target:
@@ -70,7 +73,7 @@ def write_then_die(path, write):
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, write)
 
-train._fsync_write = write_then_die
+engine.atomic_write = write_then_die
 train.main(sys.argv[3:])
 """
 
@@ -94,21 +97,21 @@ def test_sigkill_then_resume_gives_the_same_losses(tiny, baseline, tmp_path, tar
         time.sleep(0.002)
     assert p.wait(120) == -signal.SIGKILL
     vq_out = os.path.join(out, "vq")
-    ckpts = [train._step_of(j) for j in train.checkpoints(vq_out, "ckpt")]
+    ckpts = [engine.step_of(j) for j in engine.checkpoints(vq_out, "ckpt")]
     assert ckpts and ckpts[-1] < 8
     if resumed_at:
         assert ckpts[-1] == resumed_at and os.path.exists(os.path.join(vq_out, target + ".tmp"))
     if target == "ckpt-0000006.safetensors":  # dev improved at 6: best-6 is complete, yet best-3 is kept until a
         # ckpt as new as best-6 is complete, for a resume from ckpt-4 goes back to the best it knew
         assert [e["step"] for e in full if "dev" in e] == [3, 6, 8] and full[5]["dev"]["loss"] < full[2]["dev"]["loss"]
-        assert [train._step_of(j) for j in train.checkpoints(vq_out, "best")] == [3, 6]
+        assert [engine.step_of(j) for j in engine.checkpoints(vq_out, "best")] == [3, 6]
     rest = train.main(args(tiny, out, "--resume"))
     assert [m["step"] for m in rest] == list(range(ckpts[-1] + 1, 9))
     assert log_of(out) == full  # every step once, bitwise equal (losses, grad norms, dev metrics)
     assert newest(out, "ckpt")["sha256"] == full_ckpt["sha256"] and newest(out, "best")["sha256"] == full_best["sha256"]
     left = sorted(os.path.basename(f) for f in glob.glob(os.path.join(vq_out, "*")))
     assert left == sorted([full_ckpt["weights"], full_ckpt["weights"][:-12] + ".json", full_best["weights"],
-                           full_best["weights"][:-12] + ".json", "log.jsonl"])  # no .tmp, no orphan, no stale best
+                           full_best["weights"][:-12] + ".json", "log.jsonl", "DONE"])  # no .tmp, orphan, stale best
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_nonfinite_loss_stops_naming_stage_step_term_and_keeps_the_last_good_che
     with pytest.raises(FloatingPointError, match=r"vq step 5: loss nan, non-finite: L_cp nan, videos \[") as e:
         train.main(args(tiny, out))
     assert "L_code" not in str(e.value) and "L_commit" not in str(e.value)  # only the term that is NaN
-    assert [train._step_of(j) for j in train.checkpoints(os.path.join(out, "vq"), "ckpt")] == [4]
+    assert [engine.step_of(j) for j in engine.checkpoints(os.path.join(out, "vq"), "ckpt")] == [4]
     monkeypatch.undo()
     train.main(args(tiny, out, "--resume"))  # from that checkpoint: the uninterrupted run, so it was intact and good
     assert log_of(out) == baseline[0]
@@ -155,7 +158,7 @@ def test_nonfinite_steps_are_skipped_and_counted_with_the_flag(tiny, baseline, t
     meta = newest(out, "ckpt")
     assert meta["step"] == 8 and meta["skipped_steps"] == 2
     assert set(meta["adam_steps"].values()) == {6.0}  # 8 steps, 2 without an optimizer step
-    assert all(torch.isfinite(v).all() for v in train.load_file(os.path.join(out, "vq", meta["weights"])).values())
+    assert all(torch.isfinite(v).all() for v in load_file(os.path.join(out, "vq", meta["weights"])).values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ def test_bad_data_skipped_and_reported_or_stopping_at_the_first(tiny, tmp_path, 
     lines[i] = good
     open(csv, "w").write("\n".join(lines) + "\n")
     names = [s.name for s in data.load_split(root, "train")]
-    order = [names[k] for b in train.epoch_batches(len(names), 5, 1337, 0) for _, k in b]
+    order = [names[k] for b in engine.epoch_batches(len(names), 5, 1337, 0) for _, k in b]
     first = next(n for n in order if n in (corrupt.name, empty.name))
     with pytest.raises(SystemExit, match=re.escape(png if first == corrupt.name else empty.path)):
         train.main(args(root, str(tmp_path / "c")))
@@ -230,45 +233,49 @@ def test_mismatched_checkpoint_names_the_setting(trained):
     for stage, more, msg in [
         ("vq", ["--resume", "--vq.M=16"], "vq.M: checkpoint 8, now 16"),        # --resume
         ("vq", ["--resume", "--vq.d=24"], "vq.d: checkpoint 16, now 24"),
-        ("cra", ["--vq.M=16"], "vq.M: checkpoint 8, now 16"),                   # the next stage loads vq's best
-        ("ft", ["--cra_hidden=32"], "cra_hidden: checkpoint 16, now 32"),       # ft loads cra's best
-        ("ft", ["--vq.M=16"], "vocab.txt: a vocabulary of vq.M = 8 characters, now vq.M = 16"),
+        ("cra", ["--vq.M=16", "--overwrite"], "vq.M: checkpoint 8, now 16"),   # the next stage loads vq's best
+        ("ft", ["--cra_hidden=32"], "signllm.f_hidden: checkpoint 16, now 32"),  # ft loads cra's best
+        ("ft", ["--vq.M=16"], "vq.M: checkpoint 8, now 16"),
         ("ft", [f"--llm={base / 'llm36'}"], "f projects to width 24 .* has width 36"),
     ]:
         with pytest.raises(SystemExit, match=msg):
             train.main([f"--stage={stage}"] + argv + more)
 
 
-def test_mismatched_vocabulary_or_llm_width_refused_by_load_signllm(trained, tmp_path):
-    import signllm
+def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
+    """A cra stage re-run whose search gives another vocabulary is refused before it replaces vocab.txt; a finished ft
+    keeps working from its own checkpoint; resuming ft on the new vocabulary is refused, naming the first word that
+    differs; a checkpoint whose LLM folder now holds another width is refused."""
     base, argv = trained
     out, llm = tmp_path / "out", tmp_path / "llm"
     shutil.copytree(base / "out", out)
     shutil.copytree(base / "llm24", llm)
+    argv = [a for a in argv if not a.startswith("--out_dir=")] + [f"--out_dir={out}"]
     root = next(a for a in argv if a.startswith("--data.root=")).split("=", 1)[1]
     video = data.load_split(root, "test")[0].path
-    model, cfg = train.load_signllm(str(out / "cra"))  # the copy loads as it is
-    assert cfg.vq.M == 8
-    # another cra run rewrote vocab.txt: one word's characters differ
-    vocab = out / "cra" / "vocab.txt"
-    lines = vocab.read_text().splitlines()
-    words = [tuple(l.split("\t")[1].split()) for l in lines if not l.startswith("#")]
-    assert words[-2:] == [("0", "1"), ("1", "2", "3")]
-    lines[-1] = lines[-1].split("\t")[0] + "\t2 1 3"  # as many words as before, the last one another
-    vocab.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SystemExit, match=r"CRA vocabulary differs .* checkpoint 11 words, now 11; first difference "
-                                         r"at word 10: checkpoint \(1, 2, 3\), now \(2, 1, 3\)"):
-        train.load_signllm(str(out / "cra"))
-    with pytest.raises(SystemExit, match=r"CRA vocabulary differs"):
-        signllm.main(["--ckpt", str(out / "cra"), video])
-    shutil.copy(base / "out" / "cra" / "vocab.txt", vocab)
+    model, saved = signllm.from_checkpoint(str(out / "cra"))  # the copy loads as it is
+    assert saved["vq"]["M"] == 8
+    train.main(["--stage=ft"] + argv)
+    old = (out / "cra" / "vocab.txt").read_text()
+    words = [(c,) for c in range(9)] + [(0, 1), (2, 1, 3)]  # as many words as before, the last one another
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.cra, "search", lambda seqs, c: train.cra.CRAResult(8, [0.0], 0, words, [1] * len(words)))
+        with pytest.raises(SystemExit, match=r"another vocabulary \(11 words, was 11; first difference at word 10\)"):
+            train.main(["--stage=cra", "--resume"] + argv)
+        assert (out / "cra" / "vocab.txt").read_text() == old  # compared first: the old vocabulary is kept
+        train.main(["--stage=cra", "--overwrite"] + argv)
+    assert (out / "cra" / "vocab.txt").read_text() != old  # replaced once the stage completed
+    signllm.main(["--ckpt", str(out / "ft"), video])  # the finished ft carries its own vocabulary
+    with pytest.raises(SystemExit, match=r"cra.word_chars differs .* first at row 10: checkpoint \[1, 2, 3\], "
+                                         r"now \[2, 1, 3\]"):
+        train.main(["--stage=ft", "--resume"] + argv)
     # the LLM folder the checkpoint names now holds a model of another width
-    for j in train.checkpoints(str(out / "cra"), "best"):
+    for j in engine.checkpoints(str(out / "ft"), "best"):
         meta = json.load(open(j))
-        meta["config"]["llm"] = str(llm)  # as if the folder had been moved here
+        meta["config"]["signllm"]["llm"] = str(llm)  # as if the folder had been moved here
         json.dump(meta, open(j, "w"))
-    train.load_signllm(str(out / "cra"))
+    signllm.from_checkpoint(str(out / "ft"))
     shutil.rmtree(llm)
     shutil.copytree(base / "llm36", llm)
     with pytest.raises(SystemExit, match=r"f projects to width 24 .* has width 36"):
-        signllm.main(["--ckpt", str(out / "cra"), video])
+        signllm.main(["--ckpt", str(out / "ft"), video])

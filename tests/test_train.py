@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import data
+import engine
 import train
+from vq import VQConfig, VQSign
 
 
 def test_parse_args_types_presets_and_errors():
@@ -47,14 +49,14 @@ class Interrupt(Exception):
 def test_resume_gives_the_same_losses(tiny, tmp_path, monkeypatch):
     full = train.main(args(tiny, tmp_path / "a"))  # 12 videos / 5 = 3 steps per epoch: the resume crosses epochs
     assert [m["step"] for m in full] == list(range(1, 7))
-    real = train.save_checkpoint
+    real = engine.save
 
-    def save_then_die(out, tag, model, opt, names, state, cfg):
-        path = real(out, tag, model, opt, names, state, cfg)
+    def save_then_die(out, tag, model, opt, state, cfg):
+        path = real(out, tag, model, opt, state, cfg)
         if tag == "ckpt" and state["step"] == 2:
             raise Interrupt
         return path
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "save", save_then_die)
     with pytest.raises(Interrupt):
         train.main(args(tiny, tmp_path / "b"))
     monkeypatch.undo()
@@ -66,9 +68,10 @@ def test_resume_gives_the_same_losses(tiny, tmp_path, monkeypatch):
     steps = [json.loads(l)["step"] for l in open(tmp_path / "b" / "vq" / "log.jsonl")]
     assert steps == list(range(1, 7))
     left = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "b" / "vq" / "*")))
+    assert left[0] == "DONE"  # the stage completed
     assert left[-3:] == ["ckpt-0000006.json", "ckpt-0000006.safetensors", "log.jsonl"]
     assert not any(".tmp" in f for f in left)
-    assert all(f.startswith("best-") for f in left[:-3]) and len(left) == 5
+    assert all(f.startswith("best-") for f in left[1:-3]) and len(left) == 6
 
 
 def test_checkpoint_contents_and_refusals(tiny, tmp_path):
@@ -76,7 +79,7 @@ def test_checkpoint_contents_and_refusals(tiny, tmp_path):
     out = tmp_path / "vq"
     meta = json.load(open(out / "ckpt-0000002.json"))
     t = load_file(str(out / meta["weights"]))
-    model = train.VQSign(train.VQConfig(width=4, d=16, M=8))
+    model = VQSign(VQConfig(width=4, d=16, M=8))
     assert {k[6:] for k in t if k.startswith("model.")} == set(model.state_dict())
     trainable = {n for n, p in model.named_parameters()}
     assert {k[6:].rsplit(".", 1)[0] for k in t if k.startswith("optim.")} == trainable == set(meta["adam_steps"])
@@ -92,11 +95,22 @@ def test_checkpoint_contents_and_refusals(tiny, tmp_path):
         train.main(args(tiny, tmp_path / "empty", "--resume"))
 
 
-def test_a_fresh_run_clears_done(tiny, tmp_path):
-    """`--stage all` skips a stage whose folder holds DONE: a fresh (not resumed) run of that stage must remove it, or
-    a run killed after restarting a finished stage would later be taken as finished."""
+def test_a_fresh_run_clears_done(tiny, tmp_path, monkeypatch):
+    """`--stage all` skips a stage whose folder holds DONE: a fresh (not resumed) run of that stage must remove it at
+    its start, or a run killed after restarting a finished stage would later be taken as finished. A run that
+    completes writes DONE again, holding the config it was trained with."""
     done = tmp_path / "o" / "vq" / "DONE"
     done.parent.mkdir(parents=True)
     done.touch()
-    train.main(args(tiny, tmp_path / "o", "--vq_max_steps=1"))
+    real = engine.save
+
+    def save_then_die(out, tag, model, opt, state, cfg):
+        real(out, tag, model, opt, state, cfg)
+        raise Interrupt
+    monkeypatch.setattr(engine, "save", save_then_die)
+    with pytest.raises(Interrupt):
+        train.main(args(tiny, tmp_path / "o", "--vq_max_steps=2"))
     assert not done.exists()
+    monkeypatch.undo()
+    train.main(args(tiny, tmp_path / "o", "--vq_max_steps=1", "--overwrite"))
+    assert json.load(open(done))["vq_max_steps"] == 1

@@ -1,0 +1,373 @@
+"""The engineering under train.py, which a reader of the method may skip: configuration from the command line,
+checkpoints and exact resume, and how data-parallel processes (torchrun) share the work.
+
+A checkpoint is <out>/<tag>-<step>.safetensors (model weights, Adam moments, the torch RNG) beside <tag>-<step>.json
+(the config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256). No pickle anywhere. Each file
+is written to a temp name, fsynced and renamed, the JSON last: a checkpoint exists once its JSON does. Tag "ckpt" is
+the newest state (for --resume), "best" the best dev score so far (what the next stage reads). Exact resume also
+needs the data: each epoch's order and each item's augmentation are functions of (seed, epoch, index).
+"""
+import dataclasses
+import difflib
+import glob
+import hashlib
+import json
+import math
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import data
+
+RESUME_FREE = {"stage", "resume", "overwrite", "num_workers", "threads", "log_every", "device"}  # may change on resume
+MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden", "signllm.lora_rank")  # settings that shape the weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
+
+def atomic_write(path, write):
+    """write(tmp), fsync, rename over path: a kill leaves the old file or the new one, never a part of one."""
+    tmp = path + ".tmp"
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself reaches the disk
+    finally:
+        os.close(fd)
+
+
+def write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def flat(d, prefix=""):
+    """A nested config dict as {'vq.d': 16, ...}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def config_diff(saved, now, prefix=""):
+    """'vq.M: checkpoint 8, now 16; ...' for the settings (starting with prefix) of two config dicts that differ;
+    those that shape the weights alone, if any of them differ."""
+    a, b = flat(saved), flat(now)
+    diff = [(k, v, b[k]) for k, v in a.items() if k.startswith(prefix) and k in b and k not in RESUME_FREE
+            and b[k] != v]
+    diff = [d for d in diff if d[0].startswith(MODEL_KEYS)] or diff
+    return "; ".join(f"{k}: checkpoint {x!r}, now {y!r}" for k, x, y in diff)
+
+
+def key_values(argv):
+    """[(key, value)] of --key=value or --key value; a bare --flag is (flag, "true")."""
+    pairs, i = [], 0
+    while i < len(argv):
+        if not argv[i].startswith("--"):
+            raise SystemExit(f"argument {argv[i]!r}: expected --key=value")
+        key, eq, value = argv[i][2:].partition("=")
+        if not eq:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            value, i = (argv[i + 1], i + 1) if has_value else ("true", i)
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def set_key(cfg, key, value, source):
+    """cfg.<key> = value, value parsed from a string to the field's type; a wrong key or type stops, naming both."""
+    leaves = flat(dataclasses.asdict(cfg))
+    if key not in leaves:
+        close = difflib.get_close_matches(key, leaves, n=3)
+        raise SystemExit(f"{source}: unknown config key {key!r}" + (f" (did you mean {', '.join(close)}?)" if close
+                                                                    else ""))
+    *path, name = key.split(".")
+    obj = cfg
+    for p in path:
+        obj = getattr(obj, p)
+    typ = type(getattr(obj, name))
+    try:
+        if isinstance(value, str) and typ is bool:
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
+        elif isinstance(value, str) or (typ is float and type(value) is int):
+            value = typ(value)  # int('1.5') and float('x') raise
+    except (KeyError, ValueError):
+        raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}") from None
+    if type(value) is not typ:
+        raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}")
+    setattr(obj, name, value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# save
+
+def trainable(model):
+    """[(name, parameter)] that the optimizer updates, in a fixed order (the order of Adam's state)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def checkpoints(out, tag):
+    """Complete checkpoints (their JSON exists), oldest first."""
+    return sorted(glob.glob(os.path.join(glob.escape(out), f"{tag}-[0-9]*.json")))
+
+
+def step_of(path):
+    return int(os.path.basename(path).split("-")[-1].split(".")[0])  # <tag>-<step>.json -> step
+
+
+def save(out, tag, model, opt, state, cfg):
+    """Write <out>/<tag>-<step>.{safetensors,json}, then delete the checkpoints no resume needs any more."""
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, f"{tag}-{state['step']:07d}")
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    adam_steps = {}
+    for name, p in trainable(model):
+        if s := opt.state.get(p):  # Adam's moments here, its step count in the JSON
+            tensors[f"optim.{name}.exp_avg"] = s["exp_avg"].detach().cpu().contiguous()
+            tensors[f"optim.{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().cpu().contiguous()
+            adam_steps[name] = float(s["step"])
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # one generator state per visible GPU
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    atomic_write(base + ".safetensors", lambda p: save_file(tensors, p))
+    py, npy = random.getstate(), np.random.get_state()
+    meta = dict(state, tag=tag, config=dataclasses.asdict(cfg), weights=os.path.basename(base) + ".safetensors",
+                sha256=sha256(base + ".safetensors"), adam_steps=adam_steps,
+                adam_groups=[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+                rng_python=[py[0], list(py[1]), py[2]],
+                rng_numpy=[npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])])
+    write_text(base + ".json", json.dumps(meta, indent=1))
+    tidy(out)
+    return base
+
+
+def tidy(out, drop_after=None):
+    """Delete what a kill can leave (temp files, weights without their JSON) and what no resume needs: every ckpt but
+    the newest; every best but the newest and the newest one not after that ckpt (a resume from the ckpt goes back to
+    the best it knew). drop_after=s also deletes the checkpoints after step s (a resume from s runs those steps again);
+    -1 deletes them all and the stage's DONE mark (a fresh start)."""
+    for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp")):
+        os.remove(tmp)
+    jsons = checkpoints(out, "ckpt") + checkpoints(out, "best")
+    for w in glob.glob(os.path.join(glob.escape(out), "*-[0-9]*.safetensors")):
+        if w[:-12] + ".json" not in jsons:
+            os.remove(w)
+    ckpt, best = checkpoints(out, "ckpt"), checkpoints(out, "best")
+    last = step_of(ckpt[-1]) if ckpt else math.inf
+    known = [b for b in best if step_of(b) <= last][-1:]
+    drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
+    if drop_after is not None:
+        drop += [j for j in jsons if step_of(j) > drop_after]
+    if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
+        os.remove(os.path.join(out, "DONE"))
+    for j in sorted(set(drop)):
+        os.remove(j)  # the JSON first: without it the weights are no checkpoint
+        os.remove(j[:-5] + ".safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# load
+
+def read(out, tag):
+    """(JSON dict, tensors) of the newest complete <tag> checkpoint of out; the weights' sha256 is checked first."""
+    found = checkpoints(out, tag)
+    if not found:
+        raise SystemExit(f"no {tag} checkpoint in {out} (looked for {tag}-<step>.json)")
+    try:
+        with open(found[-1]) as f:
+            meta = json.load(f)
+        path = os.path.join(out, meta["weights"])
+        if sha256(path) != meta["sha256"]:
+            raise SystemExit(f"{path}: sha256 differs from {found[-1]}; the checkpoint is corrupt")
+        return meta, load_file(path)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise SystemExit(f"{found[-1]}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def restore(model, tensors, meta, now=None, opt=None, where=""):
+    """Load the weights into model, every key accounted for (a checkpoint of another configuration is refused, naming
+    the settings and tensors that differ); with opt, also Adam's state and every RNG (exact resume)."""
+    sd, ours = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, model.state_dict()
+    bad = [f"{k} missing from the checkpoint" for k in sorted(set(ours) - set(sd))]
+    bad += [f"{k} not in this model" for k in sorted(set(sd) - set(ours))]
+    bad += [f"{k}: checkpoint {tuple(sd[k].shape)}, now {tuple(v.shape)}" for k, v in ours.items()
+            if k in sd and sd[k].shape != v.shape]
+    for k, v in ours.items():  # integer tables are data (a vocabulary, token ids), not weights: they must be equal
+        if k in sd and not bad and v.dim() and not v.is_floating_point() and not torch.equal(sd[k], v.cpu()):
+            row = next(i for i, (a, b) in enumerate(zip(sd[k], v.cpu())) if not torch.equal(a, b))
+            bad.append(f"{k} differs (data, not weights), first at row {row}: checkpoint {sd[k][row].tolist()}, "
+                       f"now {v[row].tolist()}")
+    if bad:
+        diff = config_diff(meta["config"], now) if now is not None else ""
+        raise SystemExit(f"{where or meta['weights']}: a checkpoint of another configuration"
+                         + (f" ({diff})" if diff else "") + f"; {'; '.join(bad[:6])}")
+    model.load_state_dict(sd, strict=True)
+    if opt is None:
+        return
+    params = dict(trainable(model))
+    unknown = {k[6:].rsplit(".", 1)[0] for k in tensors if k.startswith("optim.")} - set(params)
+    if unknown:
+        raise SystemExit(f"{meta['weights']}: optimizer state for unknown parameters {sorted(unknown)[:8]}")
+    state = {i: {"step": torch.tensor(meta["adam_steps"][n]), "exp_avg": tensors[f"optim.{n}.exp_avg"].to(p.device),
+                 "exp_avg_sq": tensors[f"optim.{n}.exp_avg_sq"].to(p.device)}
+             for i, (n, p) in enumerate(params.items()) if n in meta["adam_steps"]}
+    groups = [dict(g, params=list(range(len(params)))) for g in meta["adam_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():  # another GPU count: the first ones (the run differs anyway)
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+    py, n = meta["rng_python"], meta["rng_numpy"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def load(out, tag, model, opt=None, cfg=None):
+    """restore() the newest complete <tag> checkpoint of out (cfg: the config now, a dataclass); returns its JSON."""
+    meta, tensors = read(out, tag)
+    restore(model, tensors, meta, dataclasses.asdict(cfg) if cfg else None, opt, os.path.join(out, meta["weights"]))
+    return meta
+
+
+def trim_log(path, step):
+    """The per-step log of a resumed run keeps the lines up to the checkpoint's step (a torn last line goes too)."""
+    kept = []
+    for i, line in enumerate(open(path) if os.path.exists(path) else [], 1):
+        if not line.endswith("\n"):
+            break  # a line cut by the kill
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path} line {i}: not a log line ({e}); remove it (and what follows) to resume") from e
+    write_text(path, "".join(kept))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data order and augmentation as functions of (seed, epoch, index)
+
+class SeededItems(torch.utils.data.Dataset):
+    """Item (epoch, i) of a dataset, drawn with the torch, numpy and Python RNGs seeded from (seed, epoch, i) and
+    restored afterwards: an item's augmentation is the same in any worker and after a resume, and loading in the main
+    process leaves the training RNG streams alone."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        item_seed = (self.seed * 1_000_003 + epoch) * 1_000_033 + i
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(item_seed)
+            np.random.seed(item_seed % 2**32)
+            torch.manual_seed(item_seed)
+            return self.dataset[i]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def epoch_batches(n, batch_size, seed, epoch):
+    """The batches of one epoch: a permutation drawn from a generator seeded with (seed, epoch), cut in order."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# processes (torchrun) and the training step's verdict
+
+
+def rank_world():
+    """(rank, number of processes) under torchrun, (0, 1) otherwise."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def gather(obj):
+    """[rank 0's obj, rank 1's obj, ...] under torchrun, [obj] otherwise."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def device_of(cfg):
+    return torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def loader(items, batches, num_workers, collate_fn=data.collate):
+    # its own generator: a DataLoader otherwise draws a worker seed from the global torch RNG, and the training stream
+    # would depend on how many loaders were opened (a resume opens one more)
+    return torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def over_split(dataset, batch_size, cfg, fn, desc=None):
+    """[fn(batch)] over a whole split in order, without augmentation. Under torchrun each process takes a contiguous
+    share of the batches and every process gets every result, in the split's order."""
+    n, (rank, world) = len(dataset), rank_world()
+    batches = [[(0, i) for i in range(j, min(j + batch_size, n))] for j in range(0, n, batch_size)]
+    k = math.ceil(len(batches) / world)
+    mine = batches[rank * k:(rank + 1) * k]
+    with torch.no_grad():
+        out = [fn(b) for b in tqdm(loader(SeededItems(dataset, cfg.seed), mine, cfg.num_workers), total=len(mine),
+                                   desc=desc, leave=False, disable=rank > 0 or desc is None, dynamic_ncols=True)
+               if b.keys() != {"skipped"}]
+    return [r for part in gather(out) for r in part]
+
+
+class LossOf(torch.nn.Module):
+    """loss_fn(model, batch, first) as a module's forward: DDP syncs gradients only of what runs through its forward."""
+
+    def __init__(self, model, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, first):
+        return self.loss_fn(self.model, batch, first)
+
+
+def verdict(stage, step, results, empty, grad_norm, cfg, out):
+    """Whether a step updates ("") or is skipped (why). results: (metrics, loss, videos) of each micro-batch of the
+    step on every rank, so the verdict is alike on every rank. A NaN/inf loss or gradient stops the run, naming the
+    stage, step, terms and videos, unless --skip_nonfinite; a micro-batch whose videos were all bad skips the step."""
+    nonfinite = [r for r in results if not math.isfinite(r[1])]
+    problem = "; ".join(f"loss {r[1]}, non-finite: " + ", ".join(
+        f"{k} {v}" for k, v in r[0].items() if k != "loss" and isinstance(v, float) and not math.isfinite(v))
+        for r in nonfinite)
+    if not (problem or empty or math.isfinite(grad_norm)):
+        problem = f"gradient norm {grad_norm} (loss {sum(r[1] for r in results) / len(results):.4g})"
+    if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
+        videos = [v for r in nonfinite or results for v in r[2] or []]
+        raise FloatingPointError(f"{stage} step {step}: {problem}, videos {videos}; the last good checkpoint in {out} "
+                                 "is kept (--skip_nonfinite skips)")
+    return problem or ("every video of a micro-batch is bad" if empty else "")
