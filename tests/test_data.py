@@ -1,7 +1,7 @@
 """Tests for data.py: clip framing against a brute-force count, the loaders on fixtures that mirror the real layouts
 (Phoenix-2014T with and without <name>/1/, CSL-Daily, a plain folder of GIFs and frame folders), every bad input, and
 the synthetic sign language (round trip through the loader, determinism, the split guarantees)."""
-import hashlib, os, pickle, subprocess, sys
+import hashlib, os, pickle, re, subprocess, sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -174,7 +174,8 @@ def test_phoenix_layout(tmp_path):
     assert data.detect_format(root, "dev") == "phoenix"
 
 
-def test_csl_daily_layout(tmp_path):
+@pytest.mark.parametrize("header", ["name|split", "Name|Split"])  # the split file's header in either case
+def test_csl_daily_layout(tmp_path, header):
     rng = np.random.default_rng()
     root = tmp_path / "csl-daily"
     os.makedirs(root / "sentence_label")
@@ -187,7 +188,7 @@ def test_csl_daily_layout(tmp_path):
     with open(root / "sentence_label" / "csl2020ct_v2.pkl", "wb") as f:
         pickle.dump({"info": info, "gloss_map": ["明天", "下雨"], "char_map": [], "word_map": []}, f)
     (root / "sentence_label" / "split_1.txt").write_text(
-        "name|split\nS000000_P0000_T00|train\nS000001_P0003_T00|test\nS000002_P0001_T00|train\n")
+        f"{header}\nS000000_P0000_T00|train\nS000001_P0003_T00|test\nS000002_P0001_T00|train\n")
     for e in info:
         folder = root / "sentence" / "frames_512x512" / e["name"]
         os.makedirs(folder)
@@ -220,6 +221,58 @@ def test_folder_of_short_videos(tmp_path):
     ds = data.SignDataset(samples, data.DataConfig(image_size=16), train=False)
     batch = data.collate([ds[i] for i in range(len(ds))])
     assert batch["frames"].shape[2:] == (3, 16, 16) and batch["n_clips"].tolist() == [1, 1, 1, 1]
+
+
+def test_frames_of_every_pillow_mode(tmp_path):
+    """RGBA/LA composited over black, grey and palette to RGB, 16-bit grey scaled to 8 bits: PNGs written by Pillow."""
+    rng = np.random.default_rng()
+    H, W = 19, 23
+    rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    la = rng.integers(0, 256, (H, W, 2), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+    idx, palette = rng.integers(0, 7, (H, W), dtype=np.uint8), rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    over_black = lambda c, a: np.round(c.astype(np.float64) * a / 255)  # float64 reference of the compositing
+    grey = lambda x: np.repeat(x[..., None], 3, -1)
+    frames = [(Image.fromarray(rgba[..., :3]), {}, rgba[..., :3]),
+              (Image.fromarray(rgba), {}, over_black(rgba[..., :3], rgba[..., 3:])),
+              (Image.fromarray(la[..., 0]), {}, grey(la[..., 0])),
+              (Image.fromarray(la), {}, grey(over_black(la[..., 0], la[..., 1]))),
+              (Image.fromarray(grey16), {}, grey(np.round(grey16 / 257))),
+              (Image.fromarray(idx), {}, palette[idx]),
+              (Image.fromarray(idx), {"transparency": 0}, palette[idx] * (idx > 0)[..., None])]
+    os.makedirs(tmp_path / "v")
+    for t, (im, kw, _) in enumerate(frames, 1):
+        if im.mode == "L" and t > 5:
+            im.putpalette(palette.flatten().tolist())  # L -> P
+        im.save(tmp_path / "v" / f"images{t:04d}.png", **kw)
+    assert [Image.open(tmp_path / "v" / f"images{t:04d}.png").mode for t in range(1, 8)] == \
+        ["RGB", "RGBA", "L", "LA", "I;16", "P", "P"]
+    v = data.read_frames(data.Sample("v", "", None, str(tmp_path / "v")))
+    assert v.shape == (7, H, W, 3) and v.dtype == np.uint8
+    for t, (_, _, ref) in enumerate(frames):
+        np.testing.assert_array_equal(v[t], ref.astype(np.uint8), err_msg=f"frame {t + 1}")
+
+
+@pytest.mark.parametrize("pix_fmt, H, W", [("yuv420p", 46, 62), ("yuv444p", 45, 61)])  # 4:2:0 needs even sizes
+def test_h264_mp4_frame_for_frame(tmp_path, pix_fmt, H, W):
+    import av  # a requirement: without it an mp4 cannot be read at all
+    n = 23
+    y, x = np.mgrid[:H, :W]
+    video = np.stack([np.stack([128 + 70 * np.sin(x / 25 + t / 4), 128 + 70 * np.cos(y / 20 - t / 5),
+                                128 + 60 * np.sin((x + y) / 30 + t / 3)], -1) for t in range(n)])  # smooth, moving
+    video = video.round().astype(np.uint8)  # (n, H, W, 3)
+    path = str(tmp_path / "clip.mp4")
+    with av.open(path, "w") as f:  # H.264 at high quality, B-frames included (x264's default)
+        stream = f.add_stream("libx264", rate=25, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        for frame in video:
+            f.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        f.mux(stream.encode())  # flush the encoder
+    v = data.read_frames(data.Sample("clip", "", None, path))
+    assert v.shape == video.shape and v.dtype == np.uint8
+    err = np.abs(v.astype(int) - video)  # measured: max 9, mean 1.6 per frame (4:2:0); consecutive frames differ by ~10
+    assert err.max() <= 16 and err.mean(axis=(1, 2, 3)).max() < 3
+    assert (np.abs(v[1:].astype(int) - video[:-1]).mean(axis=(1, 2, 3)) > 5).all()  # each frame in its place
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,6 +352,41 @@ def test_bad_rows_bad_utf8(tmp_path):
     samples = data.load_split(root, "dev", skip_bad=True, skipped=skipped)
     assert [s.name for s in samples] == [PHOENIX_ROWS[0][0], PHOENIX_ROWS[2][0]]
     assert [n for n, _ in skipped] == ["line 3", "line 5"] and "3 fields, header has 7" in skipped[1][1]
+
+
+def test_names_that_leave_the_data_set(tmp_path, capsys):
+    """A row whose name is absolute, climbs out with '..' or names the frame folder itself is a bad row, in all three
+    layouts; frames a row could reach that way are written (and readable), so only the check stops it."""
+    rng = np.random.default_rng()
+    outside = str(tmp_path / "outside")
+    bad = ["../../../../outside", outside, "", "a/../../../../../outside"]  # the fixture writes frames where they say
+    root, _ = _phoenix(tmp_path, rng, rows=PHOENIX_ROWS[:1] + [(n, "Signer01", "A", "a") for n in bad])
+    with pytest.raises(data.DataError, match=rf"corpus.csv line 3 \({re.escape(bad[0])}\): the name leads out"):
+        data.load_split(root, "dev")
+    skipped = []
+    assert [s.name for s in data.load_split(root, "dev", skip_bad=True, skipped=skipped)] == [PHOENIX_ROWS[0][0]]
+    assert [n for n, _ in skipped] == bad and "skipped 4 bad sample" in capsys.readouterr().err
+    assert all(f"line {k + 3} ({n}): the name leads out" in r for k, (n, r) in enumerate(skipped))
+
+    csl = tmp_path / "csl"  # CSL-Daily: the name comes from the pickle
+    os.makedirs(csl / "sentence_label")
+    with open(csl / "sentence_label" / "csl2020ct_v2.pkl", "wb") as f:
+        pickle.dump({"info": [{"name": "../../../outside", "label_word": ["a"], "label_gloss": ["A"]}]}, f)
+    (csl / "sentence_label" / "split_1.txt").write_text("name|split\n../../../outside|train\n")
+    with pytest.raises(data.DataError, match=r"csl2020ct_v2.pkl info\[0\] \(../../../outside\): the name leads out"):
+        data.load_split(str(csl), "train")
+
+    plain = tmp_path / "plain"  # plain folder: a video anywhere, or frames beside the split folder
+    os.makedirs(plain / "test")
+    iio.imwrite(tmp_path / "clip.gif", _video(rng, 3), loop=0)
+    _write_frames(str(plain / "beside"), _video(rng, 2))
+    (plain / "test.tsv").write_text(f"name\ttranslation\n{tmp_path / 'clip'}\ta\n../beside\tb\n")
+    with pytest.raises(data.DataError, match=rf"test.tsv line 2 \({re.escape(str(tmp_path / 'clip'))}\): the name"):
+        data.load_split(str(plain), "test")
+    skipped = []
+    with pytest.raises(data.DataError, match="no usable samples"):
+        data.load_split(str(plain), "test", skip_bad=True, skipped=skipped)
+    assert [n for n, _ in skipped] == [str(tmp_path / "clip"), "../beside"]
 
 
 class _Evil:
