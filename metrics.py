@@ -1,12 +1,10 @@
-"""Translation metrics of Sec. 4.1 ("Evaluation Metrics"): BLEU-1..4 [47] and ROUGE-L [38].
+"""Translation metrics of Sec. 4.1 ("Evaluation Metrics"): BLEU-1..4 [47] and ROUGE-L [38], on sacrebleu's 0-100 scale.
 
 - `bleu`: cumulative corpus BLEU-n, the number sacrebleu's `BLEU(max_ngram_order=n, tokenize=...)` prints for one
   reference per hypothesis (case-sensitive, "exp" smoothing), re-implemented here from the mteval-v13a rules.
 - `rouge_l`: ROUGE-L F1 (beta = 1, as rouge-score's "rougeL" fmeasure) of each sentence, averaged over sentences.
-- `score_all`: B1..B4 and ROUGE-L with the tokenization chosen by language: Chinese is scored per character.
-
-Every score is on sacrebleu's 0-100 scale. Hypotheses are scored exactly as given: nothing is lowercased, appended
-or detokenized here.
+- `score_all`: B1..B4 and ROUGE-L, tokenized by language (Chinese per character); `bootstrap_bleu`: a 95 % interval.
+Hypotheses are scored exactly as given: nothing is lowercased, appended or detokenized here.
 
     python metrics.py hyps.txt refs.txt --lang de     # one sentence per line
 """
@@ -15,16 +13,18 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenizers: "13a" (mteval-v13a.pl, sacrebleu's default), "zh" (sacrebleu's Chinese tokenizer), "none" (whitespace)
 
-# mteval-v13a's "language-dependent part (assuming Western languages)", four substitutions applied in this order
-_PUNCT = re.compile(r"([!\"#$%&()*+/:;<=>?@\[\\\]^_`{|}~])")  # ASCII punctuation except ' , - . : own token
-_PERIOD_COMMA_1 = re.compile(r"([^0-9])([.,])")  # split '.' and ',' unless preceded by a digit ...
-_PERIOD_COMMA_2 = re.compile(r"([.,])([^0-9])")  # ... and unless followed by a digit, so "3.5" and "1,000" stay whole
-_DASH = re.compile(r"([0-9])(-)")                # split '-' after a digit: "3-4" -> "3 - 4"
+# mteval-v13a's "language-dependent part (assuming Western languages)": four substitutions, applied in this order
+_WESTERN = ((re.compile(r"([!\"#$%&()*+/:;<=>?@\[\\\]^_`{|}~])"), r" \1 "),  # ASCII punctuation but ' , - . split off
+            (re.compile(r"([^0-9])([.,])"), r"\1 \2 "),  # split '.' and ',' unless preceded by a digit ...
+            (re.compile(r"([.,])([^0-9])"), r" \1 \2"),  # ... and unless followed by one: "3.5", "1,000" stay whole
+            (re.compile(r"([0-9])(-)"), r"\1 \2 "))      # split '-' after a digit: "3-4" -> "3 - 4"
 
 # Code points the "zh" tokenizer makes single-character tokens: the ranges sacrebleu's table really tests. Its two
 # astral entries are written with 4-digit escapes ("\u20000" is U+2000 followed by "0"), so they cover U+2001-U+2A6D
@@ -34,14 +34,10 @@ _ZH_RANGES = ((0x2001, 0x2A6D), (0x2E80, 0x2FDF), (0x2FF0, 0x303F), (0x3100, 0x3
               (0xFE10, 0xFE1F), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF))
 _ZH_CHAR = re.compile("([" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in _ZH_RANGES) + "])")
 
-TOKENIZERS = ("13a", "zh", "none")
-
 
 def _western(line):
-    line = _PUNCT.sub(r" \1 ", line)
-    line = _PERIOD_COMMA_1.sub(r"\1 \2 ", line)
-    line = _PERIOD_COMMA_2.sub(r" \1 \2", line)
-    line = _DASH.sub(r"\1 \2 ", line)
+    for pattern, replacement in _WESTERN:
+        line = pattern.sub(replacement, line)
     return line.split()
 
 
@@ -54,15 +50,14 @@ def tokenize_line(line, name="13a"):
         for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
             line = line.replace(entity, char)
         return _western(f" {line} ")  # the padding matters: ".5" at the start, "5." at the end are split
-    if name == "zh":
-        return _western(_ZH_CHAR.sub(r" \1 ", line.strip()))  # each Chinese character alone; the rest by 13a's
-        # punctuation rules, without its entity unescaping and padding (a final "5." stays whole)
+    if name == "zh":  # each Chinese character alone, the rest by 13a's punctuation rules (no entities, no padding)
+        return _western(_ZH_CHAR.sub(r" \1 ", line.strip()))
     if name == "none":
         return line.split()
-    raise ValueError(f"unknown tokenizer {name!r}: expected one of {TOKENIZERS}")
+    raise ValueError(f"unknown tokenizer {name!r}: expected '13a', 'zh' or 'none'")
 
 
-def _check(hyps, refs, tokenize_name):
+def _check(hyps, refs, **counts):
     for side, seq in (("hyps", hyps), ("refs", refs)):
         if isinstance(seq, str) or not isinstance(seq, (list, tuple)):
             raise TypeError(f"{side} must be a list of strings (one sentence each), got {type(seq).__name__}")
@@ -73,8 +68,9 @@ def _check(hyps, refs, tokenize_name):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: need one reference per hypothesis")
     if not hyps:
         raise ValueError("empty corpus: no hypotheses to score")
-    if tokenize_name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {tokenize_name!r}: expected one of {TOKENIZERS}")
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -84,29 +80,25 @@ def _ngrams(tokens, max_order):
     return Counter(tuple(tokens[i:i + n]) for n in range(1, max_order + 1) for i in range(len(tokens) - n + 1))
 
 
-def bleu(hyps, refs, max_order=4, tokenize="13a", effective_order=False):
-    """Cumulative corpus BLEU-`max_order` on 0-100, equal to sacrebleu's BLEU(max_ngram_order=max_order, tokenize=...,
-    effective_order=...).corpus_score(hyps, [refs]).score. effective_order=True averages only over the orders for which
-    the corpus has any hypothesis n-gram (sacrebleu's option for sentence-level BLEU)."""
-    _check(hyps, refs, tokenize)
-    if not isinstance(max_order, int) or max_order < 1:
-        raise ValueError(f"max_order must be a positive int, got {max_order!r}")
-    hyp_len = ref_len = 0
-    matches, totals = [0] * max_order, [0] * max_order  # per order n: clipped matching n-grams, hypothesis n-grams
-    for hyp, ref in zip(hyps, refs):
-        h, r = tokenize_line(hyp, tokenize), tokenize_line(ref, tokenize)
-        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
-        ref_counts = _ngrams(r, max_order)
-        for gram, count in _ngrams(h, max_order).items():
-            totals[len(gram) - 1] += count
-            matches[len(gram) - 1] += min(count, ref_counts[gram])  # clipped by the count in the reference
+def _bleu_stats(hyp, ref, max_order, tokenize):
+    """[hyp_len, ref_len, matches_1, totals_1, .., matches_N, totals_N] of a pair: corpus BLEU is a function of sums."""
+    h, r = tokenize_line(hyp, tokenize), tokenize_line(ref, tokenize)
+    stats = [len(h), len(r)] + [0] * (2 * max_order)
+    ref_counts = _ngrams(r, max_order)
+    for gram, count in _ngrams(h, max_order).items():
+        stats[2 * len(gram)] += min(count, ref_counts[gram])  # matching n-grams, clipped by the count in the reference
+        stats[2 * len(gram) + 1] += count  # hypothesis n-grams
+    return stats
 
+
+def _bleu_from_stats(stats, effective_order=False):
+    hyp_len, ref_len, matches, totals = stats[0], stats[1], stats[2::2], stats[3::2]
     if not any(matches):
         return 0.0
     # brevity penalty: BP = exp(1 - r / c) when the hypotheses are shorter than the references (c < r), else 1
     bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
     log_p, halving = [], 1
-    for n in range(max_order):
+    for n in range(len(matches)):
         if totals[n] == 0:  # no hypothesis is n+1 tokens long: precision 0, BLEU 0 unless effective_order
             break
         if matches[n] == 0:  # "exp" smoothing (mteval's, Chen & Cherry method 3): 1/2, 1/4, ... of a match instead of 0
@@ -114,9 +106,18 @@ def bleu(hyps, refs, max_order=4, tokenize="13a", effective_order=False):
             log_p.append(math.log(100.0 / (halving * totals[n])))
         else:
             log_p.append(math.log(100.0 * matches[n] / totals[n]))  # modified n-gram precision p_n, in percent
-    if len(log_p) < max_order and not effective_order:
+    if len(log_p) < len(matches) and not effective_order:
         return 0.0
     return bp * math.exp(sum(log_p) / len(log_p))  # BLEU = BP * exp(sum_n log p_n / N), uniform weights 1/N
+
+
+def bleu(hyps, refs, max_order=4, tokenize="13a", effective_order=False):
+    """Cumulative corpus BLEU-`max_order` on 0-100, equal to sacrebleu's BLEU(max_ngram_order=max_order, tokenize=...,
+    effective_order=...).corpus_score(hyps, [refs]).score. effective_order=True averages only over the orders for which
+    the corpus has any hypothesis n-gram (sacrebleu's option for sentence-level BLEU)."""
+    _check(hyps, refs, max_order=max_order)
+    stats = [_bleu_stats(h, r, max_order, tokenize) for h, r in zip(hyps, refs)]
+    return _bleu_from_stats([sum(column) for column in zip(*stats)], effective_order)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def _lcs(a, b):
 def rouge_l(hyps, refs, tokenize="none"):
     """Mean over sentences of ROUGE-L F1 = 2 P R / (P + R), P = LCS / len(hyp), R = LCS / len(ref), on 0-100.
     A sentence whose hypothesis or reference has no tokens scores 0 (as rouge-score)."""
-    _check(hyps, refs, tokenize)
+    _check(hyps, refs)
     total = 0.0
     for hyp, ref in zip(hyps, refs):
         h, r = tokenize_line(hyp, tokenize), tokenize_line(ref, tokenize)
@@ -148,42 +149,47 @@ def rouge_l(hyps, refs, tokenize="none"):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# all scores of one corpus, tokenized by language; a bootstrap interval for BLEU
 
-@dataclass
-class MetricsConfig:
-    max_order: int = 4              # score_all reports B1..B{max_order}, each a cumulative BLEU-n
-    char_langs: tuple = ("zh",)     # scored per character ("zh" tokenizer) by BLEU and ROUGE-L
-    bleu_tokenize: str = "13a"      # every other language: 13a for BLEU ...
-    rouge_tokenize: str = "none"    # ... and whitespace tokens for ROUGE-L
-
-
-def score_all(hyps, refs, lang, cfg=None):
-    """{"B1": .., .., "B4": .., "ROUGE-L": ..} on 0-100. `lang` is a language code: "zh" (also "zh-CN") or e.g. "de"."""
-    cfg = cfg or MetricsConfig()
+def _tokenizers(lang):
+    """(BLEU tokenizer, ROUGE-L tokenizer) for a target language code such as "de", "zh" or "zh-CN"."""
     if not isinstance(lang, str) or not lang:
         raise ValueError(f"lang must be a language code such as 'de' or 'zh', got {lang!r}")
-    chars = lang.lower().replace("_", "-").split("-")[0] in cfg.char_langs
-    bleu_tok, rouge_tok = ("zh", "zh") if chars else (cfg.bleu_tokenize, cfg.rouge_tokenize)
-    scores = {f"B{n}": bleu(hyps, refs, max_order=n, tokenize=bleu_tok) for n in range(1, cfg.max_order + 1)}
+    chinese = lang.lower().replace("_", "-").split("-")[0] == "zh"
+    return ("zh", "zh") if chinese else ("13a", "none")  # Chinese per character; else 13a BLEU, whitespace ROUGE-L
+
+
+def score_all(hyps, refs, lang, max_order=4):
+    """{"B1": .., .., "B4": .., "ROUGE-L": ..} on 0-100 (B1..B`max_order`) for a target language `lang`."""
+    bleu_tok, rouge_tok = _tokenizers(lang)
+    scores = {f"B{n}": bleu(hyps, refs, max_order=n, tokenize=bleu_tok) for n in range(1, max_order + 1)}
     scores["ROUGE-L"] = rouge_l(hyps, refs, tokenize=rouge_tok)
     return scores
 
 
+def bootstrap_bleu(hyps, refs, lang, n=1000, seed=0, order=4):
+    """95 % interval (lo, hi) of corpus BLEU-`order`, tokenized as score_all does: the 2.5 and 97.5 percentiles of
+    its value on n resamples of the sentences, drawn with replacement (Koehn 2004; the paper reports no intervals).
+    Resample i takes the sentences np.random.default_rng(seed).integers(0, S, (n, S))[i] of the S given."""
+    tok = _tokenizers(lang)[0]
+    _check(hyps, refs, order=order, n=n)
+    stats = np.array([_bleu_stats(h, r, order, tok) for h, r in zip(hyps, refs)])  # (S, 2 + 2 order), counted once
+    idx = np.random.default_rng(seed).integers(0, len(hyps), (n, len(hyps)))  # (n, S) sentence indices
+    scores = [_bleu_from_stats(row.tolist()) for row in stats[idx].sum(1)]  # (n, S, 2 + 2 order) -> (n, 2 + 2 order)
+    return tuple(float(v) for v in np.percentile(scores, [2.5, 97.5]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="BLEU-1..4 and ROUGE-L (0-100) of hypotheses against references")
-    ap.add_argument("hyps", help="text file, one hypothesis per line")
-    ap.add_argument("refs", help="text file, one reference per line (same line count)")
+    ap.add_argument("files", nargs=2, help="hypotheses, references: text files, one sentence per line")
     ap.add_argument("--lang", default="de", help="target language code; 'zh' scores per character (default: de)")
     args = ap.parse_args(argv)
-    lines = {}
-    for name in (args.hyps, args.refs):
-        with open(name, encoding="utf-8") as f:
-            lines[name] = f.read().split("\n")
-        if lines[name] and lines[name][-1] == "":
-            lines[name].pop()  # the newline that ends the last line does not start another sentence
-    hyps, refs = lines[args.hyps], lines[args.refs]
+    hyps, refs = (Path(name).read_text(encoding="utf-8").split("\n") for name in args.files)
+    for lines in (hyps, refs):
+        if lines[-1] == "":
+            lines.pop()  # the newline that ends the last line does not start another sentence
     if len(hyps) != len(refs):
-        raise SystemExit(f"{args.hyps} has {len(hyps)} lines but {args.refs} has {len(refs)}")
+        raise SystemExit(f"{args.files[0]} has {len(hyps)} lines but {args.files[1]} has {len(refs)}")
     scores = score_all(hyps, refs, args.lang)
     print(json.dumps({k: round(v, 2) for k, v in scores.items()}))
     return scores

@@ -1,13 +1,4 @@
-"""Custom Triton kernels of SignLLM, each next to its torch reference: the nearest-codebook lookup of VQ-Sign
-(Sec. 3.2, kernels/nearest_code.py) and the RBF-kernel MMD of the sign-text alignment (Sec. 3.3, Eq. 6,
-kernels/mmd.py).
-
-Triton runs for CUDA tensors and whenever TRITON_INTERPRET=1 (set it before importing this package: @triton.jit reads
-it at import); CPU tensors otherwise take the torch reference. The choice is made at every call.
-Note: `kernels.nearest_code` and `kernels.mmd` are the functions below, which shadow the submodules of the same name;
-import from the submodules with `from kernels.mmd import Blocks` (or find them in sys.modules).
+"""Triton kernels of SignLLM beside their torch references: kernels/nearest_code.py (VQ-Sign's nearest-codebook
+lookup, Sec. 3.2) and kernels/mmd.py (RBF-kernel MMD, Sec. 3.3, Eq. 6); kernels/common.py holds what both share.
+Import from the submodules, e.g. `from kernels.mmd import mmd`: this package re-exports nothing.
 """
-from .mmd import mmd, mmd_ref
-from .nearest_code import nearest_code, nearest_code_ref
-
-__all__ = ["nearest_code", "nearest_code_ref", "mmd", "mmd_ref"]

@@ -1,67 +1,37 @@
 """RBF-kernel MMD of the sign-text alignment (Sec. 3.3, Eq. 6), forward and backward as tiled Triton kernels.
 
-Eq. 6 with x = f(p) (n_s sign embeddings, here n) and y = q (n_t text embeddings, here m), biased estimate:
+Eq. 6, biased estimate, with x = f(p) (n sign embeddings) and y = q (m text embeddings):
     MMD^2 = S(x, x) / n^2 + S(y, y) / m^2 - 2 S(x, y) / (n m),   S(a, b) = sum_ij k(a_i, b_j),
     k(a, b) = sum over sigmas of exp(-||a - b||^2 / (2 sigma^2))   (a sum of RBF kernels; the paper leaves k open).
-Three things live here, as in the Triton tutorials: the torch reference, the kernels, and the wrapper that picks one.
+Saves: per pair sum with 3 sigmas, the reference writes ~12 and reads ~15 (n, m) fp32 matrices, some kept for
+autograd. The forward kernel sums k over a tile of distances in registers and writes one float per pair of tiles. The
+backward recomputes the tile instead of saving it, turns it into weights w_ij (dk/da_i = w_ij (a_i - b_j)), and adds
+its share to the gradients with atomics, chunk by chunk of features:
+    dS/da_i = (sum_j w_ij) a_i - (W b)_i        dS/db_j = (sum_i w_ij) b_j - (W^T a)_j
+Expected speed-up (fp32, n = m = 16384, D = 576, 3 sigmas, H100): the reference's forward moves ~87 GB of (n, m)
+matrices (26 ms at 3.35 TB/s) beside the 6 n m D FLOPs both do (14 ms at 67 TFLOP/s), so up to (26 + 14) / 14 = ~3x;
+little at D = 4096, where the FLOPs dominate. Left out for readability: S(x, x), S(y, y) could skip half their tiles.
 
-What the kernels save. The reference builds, per pair sum, the (n, m) distance matrix and per sigma the scaled
-distances, their exponentials and a running sum: with 3 sigmas about 12 (n, m) fp32 matrices written and 15 read
-(~27 n m floats), several kept alive by autograd, so its memory grows as n m. The forward kernel computes a tile of
-distances in registers (||a||^2 + ||b||^2 - 2 a.b from one read of each tile), sums the kernel over sigmas and over
-the tile, and writes one float per pair of tiles (n m / 4096 floats at 64 x 64 tiles). The backward kernel recomputes
-that tile of distances rather than saving anything n x m, turns it into weights w_ij (dk/da_i = w_ij (a_i - b_j)),
-and accumulates, chunk by chunk of features, with fp32 atomic adds into the (n, D) and (m, D) gradients:
-    dS/da_i = sum_j w_ij (a_i - b_j) = (sum_j w_ij) a_i - (W b)_i        dS/db_j = (sum_i w_ij) b_j - (W^T a)_j
-Memory: inputs, gradients and the tile partials; nothing of size n x m.
-Expected gain (fp32, n = m = 16384, 3 sigmas, H100 datasheet): the reference's forward moves ~87 GB of (n, m)
-matrices (~26 ms at 3.35 TB/s) on top of the 6 n m D FLOPs both do (0.93 TFLOP at D = 576: ~14 ms at 67 TFLOP/s),
-so up to ~3x at D = 576 and little at D = 4096, where the FLOPs dominate. The backward (grad for x only) does 8 n m D
-FLOPs: the distances again, then W b for S(x, y) and W x for S(x, x); S(y, y) is skipped when y needs no gradient.
-Left on the table, for readability: S(x, x) and S(y, y) are symmetric and could skip half their tiles.
-
-Precision as in nearest_code.py: fp32 operands in every tl.dot, "ieee" for fp32 inputs, "tf32" for fp16/bf16 inputs
-(exact for their products; W is rounded to tf32 in the backward). The value is fp32; the tile partials are summed
-in float64. Gradients are summed with atomics, so their last bits can change from run to run. NaN in x or y gives a
-NaN value, as in the reference. Input checks are shared with nearest_code.py.
+Precision: see common.dot_precision; W is rounded to tf32 for fp16/bf16 inputs. The tile partials are summed in
+float64, the gradients with atomics (their last bits can vary from run to run). NaN in x or y gives a NaN value.
 """
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from .nearest_code import check_blocks, check_inputs, check_launchable, dot_precision, interpreting, use_triton
+from .common import check_inputs, check_launchable, dot_precision, pick_blocks, use_triton
 
-
-@dataclass(frozen=True)
-class Blocks:
-    """Tile sizes: powers of two, >= 16 (tl.dot's minimum on a real compile). No autotuning."""
-    n: int = 64  # rows of a per program
-    m: int = 64  # rows of b per program
-    k: int = 32  # feature columns per step (the dot product's K, and the backward's output chunk)
-    num_warps: int = 4
-
-
-GPU_BLOCKS = Blocks()
-INTERPRETER_BLOCKS = Blocks(n=256, m=256, k=128)  # the interpreter runs each tile op in numpy: few, big tiles are fast
-
+# ----------------------------------------------------------------------------- torch reference
 
 def gammas_of(sigmas, device):
-    """sigmas: a non-empty sequence of positive python floats, or a 1-D tensor of them; constants (no gradient).
-    Returns gamma = 1 / (2 sigma^2) as an fp32 tensor on `device`."""
-    if isinstance(sigmas, torch.Tensor):
-        if sigmas.dim() != 1 or sigmas.requires_grad:
-            raise ValueError(f"mmd: sigmas tensor must be 1-D and not require grad, got shape {tuple(sigmas.shape)}"
-                             f" requires_grad={sigmas.requires_grad}")
-        sigmas = sigmas.tolist()
+    """sigmas: positive floats, or a 1-D tensor of them (constants) -> gamma = 1 / (2 sigma^2), fp32 on device."""
+    if isinstance(sigmas, torch.Tensor) and (sigmas.dim() != 1 or sigmas.requires_grad):
+        raise ValueError(f"mmd: sigmas must be 1-D and constant, got {tuple(sigmas.shape)}, {sigmas.requires_grad=}")
     sigmas = [float(s) for s in sigmas]
     if not sigmas or not all(0.0 < s < float("inf") for s in sigmas):
         raise ValueError(f"mmd: sigmas must be a non-empty list of positive finite numbers, got {sigmas}")
     return torch.tensor([1.0 / (2.0 * s * s) for s in sigmas], dtype=torch.float32, device=device)
 
-
-# ----------------------------------------------------------------------------- torch reference
 
 def mmd_ref(x, y, sigmas):
     """Dense torch version of Eq. 6, differentiable by autograd. Computes in fp32 (float64 if an input is)."""
@@ -146,11 +116,12 @@ def mmd_bwd_kernel(a_ptr, b_ptr, gamma_ptr, g_ptr, ga_ptr, gb_ptr, scale, n_a, n
 
 # ----------------------------------------------------------------------------- wrapper
 
-def _pair_sum(a, b, gammas, blocks, partial):
-    """S(a, b) = sum_ij k(a_i, b_j) as a float64 0-d tensor; partial: caller-owned (cdiv(n_a, BN), cdiv(n_b, BM))
-    fp32 buffer, every entry of which the kernel overwrites (the tests poison it first)."""
+def _pair_sum(a, b, gammas, blocks, partial=None):
+    """S(a, b) = sum_ij k(a_i, b_j) as a float64 0-d tensor. partial: an optional fp32 buffer of one float per pair
+    of tiles, (cdiv(n_a, BN), cdiv(n_b, BM)); the kernel overwrites every entry (the tests poison it first)."""
     check_launchable(mmd_fwd_kernel)
     grid = (triton.cdiv(a.shape[0], blocks.n), triton.cdiv(b.shape[0], blocks.m))
+    partial = torch.empty(grid, dtype=torch.float32, device=a.device) if partial is None else partial
     assert partial.shape == grid and partial.dtype == torch.float32 and partial.is_contiguous()
     mmd_fwd_kernel[grid](a, b, gammas, partial, a.shape[0], b.shape[0], a.shape[1], gammas.numel(),
                          PRECISION=dot_precision(a, b), BLOCK_N=blocks.n, BLOCK_M=blocks.m, BLOCK_K=blocks.k,
@@ -174,11 +145,8 @@ class MMD(torch.autograd.Function):
         n, m = x.shape[0], y.shape[0]
         ctx.save_for_backward(x, y, gammas)
         ctx.blocks = blocks
-        s = []
-        for a, b in ((x, x), (y, y), (x, y)):
-            grid = (triton.cdiv(a.shape[0], blocks.n), triton.cdiv(b.shape[0], blocks.m))
-            s.append(_pair_sum(a, b, gammas, blocks, torch.empty(grid, dtype=torch.float32, device=x.device)))
-        return (s[0] / n**2 + s[1] / m**2 - 2.0 * s[2] / (n * m)).float()  # Eq. 6
+        s_xx, s_yy, s_xy = (_pair_sum(a, b, gammas, blocks) for a, b in ((x, x), (y, y), (x, y)))
+        return (s_xx / n**2 + s_yy / m**2 - 2.0 * s_xy / (n * m)).float()  # Eq. 6
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -187,26 +155,19 @@ class MMD(torch.autograd.Function):
         g = grad_out.detach().float().reshape(1).contiguous()  # read in-kernel: no device-to-host sync
         gx = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if ctx.needs_input_grad[0] else None
         gy = torch.zeros(y.shape, dtype=torch.float32, device=y.device) if ctx.needs_input_grad[1] else None
-        # S(x, x) is symmetric, so dS/dx_i = 2 sum_j w_ij (x_i - x_j): the a-side alone, scaled by 2
-        if gx is not None:
-            _pair_grad(x, x, gammas, g, 2.0 / n**2, gx, None, ctx.blocks)
-        if gy is not None:
-            _pair_grad(y, y, gammas, g, 2.0 / m**2, gy, None, ctx.blocks)
+        for a, ga, n_a in ((x, gx, n), (y, gy, m)):  # S(a, a) is symmetric: dS/da_i = 2 sum_j w_ij (a_i - a_j)
+            if ga is not None:
+                _pair_grad(a, a, gammas, g, 2.0 / n_a**2, ga, None, ctx.blocks)  # the a-side alone, scaled by 2
         _pair_grad(x, y, gammas, g, -2.0 / (n * m), gx, gy, ctx.blocks)
         return (gx.to(x.dtype) if gx is not None else None, gy.to(y.dtype) if gy is not None else None, None, None)
 
 
 def mmd(x, y, sigmas, blocks=None):
     """Biased MMD^2 of Eq. 6 between x (n, D) and y (m, D): a 0-d fp32 tensor, differentiable in x and y.
-
-    sigmas: RBF bandwidths, a sequence of python floats or a 1-D tensor (constants, no gradient).
-    blocks: a Blocks; None takes GPU_BLOCKS, or INTERPRETER_BLOCKS under TRITON_INTERPRET=1.
-    """
+    sigmas: RBF bandwidths, floats or a 1-D tensor (constants). blocks: a common.Blocks, or None for the default."""
     check_inputs("mmd", x, "x", y, "y")
     if x.shape[0] == 0:
         raise ValueError("mmd: x has no rows")
     if not use_triton(x):
         return mmd_ref(x, y, sigmas)
-    blocks = blocks or (INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS)
-    check_blocks("mmd", blocks)
-    return MMD.apply(x, y, gammas_of(sigmas, x.device), blocks)
+    return MMD.apply(x, y, gammas_of(sigmas, x.device), pick_blocks("mmd", blocks))

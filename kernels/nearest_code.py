@@ -1,47 +1,21 @@
 """Nearest-codebook lookup of VQ-Sign (Sec. 3.2): j = argmin_i ||z_t - s_i||^2, fused into one Triton kernel.
 
-Three things live here, as in the Triton tutorials: the torch reference, the kernel, and the wrapper that picks one.
+Saves: the reference (addmm form) writes the (N, M) score matrix ||c||^2 - 2 z.c and reads it back for the argmin,
+8NM bytes (fp32) and an N x M buffer on top of reading z and the codebook. The kernel folds each tile of scores into
+a running min/argmin in registers and writes 12 bytes per row (int64 index, fp32 distance).
+    paper scale     (N, M, d) = (4096, 256, 1024):   8.4 MB of the reference's 26 MB saved
+    large codebook  (N, M, d) = (262144, 8192, 256): 17.2 GB of 17.5 GB saved, and an 8.6 GB buffer
+Expected speed-up: both do 2NMd FLOPs, which bound them here (H100 fp32, large shape: 16 ms at 67 TFLOP/s, against
+5 ms for the 17.2 GB at 3.35 TB/s), so up to (16 + 5) / 16 = ~1.3x over addmm+argmin; more over cdist (a sqrt pass).
 
-What the kernel saves. The reference (the addmm form) writes the (N, M) score matrix ||c||^2 - 2 z.c and reads it
-back for the argmin: 8NM bytes of traffic (fp32) on top of reading z and the codebook, in extra passes and launches,
-plus an N x M allocation. The kernel keeps a tile of scores in registers, folds it into a running min/argmin and moves
-on: it reads z and the codebook and writes 12 bytes per row (int64 index, fp32 distance), never the N x M matrix.
-    paper scale     (N, M, d) = (4096, 256, 1024):   saves 8.4 MB of the reference's 26 MB (fp32 inputs)
-    large codebook  (N, M, d) = (262144, 8192, 256): saves 17.2 GB of 17.5 GB and an 8.6 GB buffer
-Both do the same 2NMd FLOPs, and at these shapes that is what bounds them (H100: 2NMd / 67 TFLOP/s fp32 = 16 ms
-at the large shape, against 5 ms for the reference's 17.2 GB at 3.35 TB/s). So expect up to ~1.3x over addmm+argmin
-in fp32 (more where the N M round trip is not hidden, e.g. against cdist, which also takes a sqrt pass), and the
-allocation gone. ||z||^2 is the same for every code of a row: it is added to the winner only, after the search.
-
-Precision: every tl.dot takes fp32 operands (the interpreter returns garbage for bf16 dots). fp32 inputs multiply in
-IEEE fp32 ("ieee", as the reference does with TF32 off); fp16/bf16 inputs use "tf32", which is exact for their
-products (a tf32 mantissa holds an fp16 or bf16 one) and runs on tensor cores. Accumulation is always fp32.
-
-NaN: a row of z with a NaN gets idx 0 and dist NaN; a codebook row with a NaN is never chosen (its score counts as
-+inf). nearest_code_ref does the same, so the two agree. dist can be slightly negative when z sits on a code: the
-expansion cancels (the reference has the same rounding). No gradient flows through either function: VQ-Sign gathers
-codebook[idx] itself and differentiates that.
+NaN: a NaN row of z gets idx 0 and dist NaN; a NaN code is never chosen (as in nearest_code_ref). dist can be
+slightly negative when z sits on a code (the expansion cancels). No gradient: VQ-Sign differentiates codebook[idx].
 """
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
-
-@dataclass(frozen=True)
-class Blocks:
-    """Tile sizes of the kernel: powers of two, >= 16 (tl.dot's minimum on a real compile). No autotuning."""
-    n: int = 64  # rows of z per program
-    m: int = 64  # codes scored per step of the search
-    k: int = 32  # feature columns per step of the dot product
-    num_warps: int = 4
-
-
-GPU_BLOCKS = Blocks()
-INTERPRETER_BLOCKS = Blocks(n=256, m=256, k=128)  # the interpreter runs each tile op in numpy: few, big tiles are fast
-
+from .common import check_inputs, check_launchable, dot_precision, pick_blocks, use_triton
 
 # ----------------------------------------------------------------------------- torch reference
 
@@ -59,9 +33,8 @@ def nearest_code_ref(z, codebook):
 # ----------------------------------------------------------------------------- Triton kernel
 
 @triton.jit
-def nearest_code_kernel(z_ptr, c_ptr, idx_ptr, dist_ptr, N, M, d,
-                        PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+def nearest_code_kernel(z_ptr, c_ptr, idx_ptr, dist_ptr, N, M, d, PRECISION: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of z owned by this program
     row_ok = rows < N
     z_row = z_ptr + rows.to(tl.int64)[:, None] * d  # (BLOCK_N, 1) int64 offsets: N d may pass 2^31
@@ -99,52 +72,6 @@ def nearest_code_kernel(z_ptr, c_ptr, idx_ptr, dist_ptr, N, M, d,
 
 # ----------------------------------------------------------------------------- wrapper
 
-def interpreting():
-    return bool(triton.knobs.runtime.interpret)  # reads TRITON_INTERPRET now, at call time
-
-
-def use_triton(t):
-    """Triton runs for CUDA tensors and whenever TRITON_INTERPRET=1; CPU tensors otherwise take the reference."""
-    return interpreting() or t.is_cuda
-
-
-def check_launchable(kernel):
-    """@triton.jit chose compiler or interpreter when this module was imported; refuse a launch that now disagrees."""
-    if isinstance(kernel, InterpretedFunction) != interpreting():
-        raise RuntimeError(f"{kernel.__name__}: TRITON_INTERPRET changed after `kernels` was imported; "
-                           "set it before the import (tests/conftest.py does)")
-
-
-def check_inputs(name, a, a_name, b, b_name):
-    """Clear errors, naming the tensor, for what the kernels do not handle."""
-    for t, t_name in ((a, a_name), (b, b_name)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {t_name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name}: {t_name} must be 2-D, got shape {tuple(t.shape)}")
-        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"{name}: {t_name} must be float32, float16 or bfloat16, got {t.dtype}")
-        if not t.is_contiguous():
-            raise ValueError(f"{name}: {t_name} must be contiguous (call .contiguous()), got strides {t.stride()}")
-    if a.device != b.device:
-        raise ValueError(f"{name}: {a_name} is on {a.device} but {b_name} is on {b.device}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{name}: feature sizes differ: {a_name} {tuple(a.shape)} vs {b_name} {tuple(b.shape)}")
-    if b.shape[0] == 0:
-        raise ValueError(f"{name}: {b_name} has no rows")
-
-
-def dot_precision(a, b):
-    return "ieee" if torch.float32 in (a.dtype, b.dtype) else "tf32"  # tf32 is exact for fp16/bf16 products
-
-
-def check_blocks(name, blocks):
-    for field in ("n", "m", "k"):
-        v = getattr(blocks, field)
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"{name}: block size {field}={v} must be a power of two >= 16")
-
-
 def _nearest_code_triton(z, codebook, idx, dist, blocks):
     """Launch into caller-owned buffers idx (N,) int64 and dist (N,) fp32 (the tests poison them first)."""
     check_launchable(nearest_code_kernel)
@@ -157,14 +84,11 @@ def _nearest_code_triton(z, codebook, idx, dist, blocks):
 
 def nearest_code(z, codebook, blocks=None):
     """z (N, d), codebook (M, d) -> idx int64 (N,), dist fp32 (N,) = ||z - codebook[idx]||^2. Ties: lowest index.
-
-    blocks: a Blocks; None takes GPU_BLOCKS, or INTERPRETER_BLOCKS under TRITON_INTERPRET=1. No gradient.
-    """
+    blocks: a common.Blocks, or None for the default. No gradient."""
     check_inputs("nearest_code", z, "z", codebook, "codebook")
     if not use_triton(z):
         return nearest_code_ref(z, codebook)
-    blocks = blocks or (INTERPRETER_BLOCKS if interpreting() else GPU_BLOCKS)
-    check_blocks("nearest_code", blocks)
+    blocks = pick_blocks("nearest_code", blocks)
     idx = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
     dist = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
     if z.shape[0] == 0:

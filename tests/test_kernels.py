@@ -4,7 +4,6 @@ On a CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITO
 compiled. Inputs are fresh random draws: a failure prints its seed; rerun it with KERNELS_TEST_SEED=<seed>.
 The compile test builds every kernel for Hopper (sm_90) in a subprocess without TRITON_INTERPRET, so it needs no GPU.
 """
-import importlib
 import json
 import os
 import subprocess
@@ -14,10 +13,12 @@ import pytest
 import torch
 import triton
 
-from kernels import mmd, mmd_ref, nearest_code, nearest_code_ref
+import kernels.mmd as mmdm
+import kernels.nearest_code as ncm
+from kernels.common import GPU_BLOCKS, INTERPRETER_BLOCKS, Blocks
+from kernels.mmd import mmd, mmd_ref
+from kernels.nearest_code import nearest_code, nearest_code_ref
 
-ncm = importlib.import_module("kernels.nearest_code")  # the modules (the package's names are the functions)
-mmdm = importlib.import_module("kernels.mmd")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -34,6 +35,12 @@ def test_triton_path_is_taken():
     assert DEVICE == "cuda" or INTERPRETED, "no CUDA and TRITON_INTERPRET unset: tests/conftest.py did not run"
 
 
+def test_package_names_are_its_submodules():
+    import kernels
+    assert kernels.mmd is mmdm and kernels.nearest_code is ncm, "kernels/__init__.py shadows a submodule"
+    assert not hasattr(kernels, "mmd_ref") and not hasattr(kernels, "nearest_code_ref"), "kernels/ re-exports names"
+
+
 # ----------------------------------------------------------------------------- nearest_code
 
 def exact_sq_dists(z, codebook):
@@ -47,8 +54,8 @@ def exact_sq_dists(z, codebook):
     (1000, 257, 100, "bf16", "bf16", None),
     (1000, 257, 100, "bf16", "fp32", None),  # mixed: bf16 features, fp32 codebook
     (1000, 257, 1024, "fp32", "fp32", None),  # paper scale d
-    (200, 77, 70, "fp32", "fp32", ncm.GPU_BLOCKS),  # the GPU tiles: several K steps with a tail
-    (5, 3, 7, "fp32", "fp32", ncm.GPU_BLOCKS),  # d < 16: tl.dot's K is masked
+    (200, 77, 70, "fp32", "fp32", GPU_BLOCKS),  # the GPU tiles: several K steps with a tail
+    (5, 3, 7, "fp32", "fp32", GPU_BLOCKS),  # d < 16: tl.dot's K is masked
 ])
 def test_nearest_code_matches_float64(rng, N, M, d, z_dtype, c_dtype, blocks):
     gen, seed = rng
@@ -60,7 +67,7 @@ def test_nearest_code_matches_float64(rng, N, M, d, z_dtype, c_dtype, blocks):
     z, codebook = z.to(DEVICE), codebook.to(DEVICE)
     idx = torch.full((N,), -7, dtype=torch.int64, device=DEVICE)  # poisoned: every row must be written
     dist = torch.full((N,), float("nan"), device=DEVICE)
-    blocks = blocks or (ncm.INTERPRETER_BLOCKS if INTERPRETED else ncm.GPU_BLOCKS)
+    blocks = blocks or (INTERPRETER_BLOCKS if INTERPRETED else GPU_BLOCKS)
     ncm._nearest_code_triton(z, codebook, idx, dist, blocks)
     idx, dist = idx.cpu(), dist.cpu()
     D = exact_sq_dists(z.cpu(), codebook.cpu())  # (N, M)
@@ -76,7 +83,7 @@ def test_nearest_code_matches_float64(rng, N, M, d, z_dtype, c_dtype, blocks):
     assert torch.equal(idx2.cpu(), idx) and torch.equal(dist2.cpu(), dist), f"wrapper differs, {seed}"
 
 
-@pytest.mark.parametrize("blocks", [None, ncm.GPU_BLOCKS])
+@pytest.mark.parametrize("blocks", [None, GPU_BLOCKS])
 def test_nearest_code_ties_go_to_lowest_index(rng, blocks):
     gen, seed = rng
     # small integers: every product and sum is exact in fp32, so ties are exact ties
@@ -127,7 +134,7 @@ def test_nearest_code_bad_inputs():
     with pytest.raises(ValueError, match="codebook has no rows"):
         nearest_code(z, c[:0])
     with pytest.raises(ValueError, match="block size m=48"):
-        nearest_code(z.to(DEVICE), c.to(DEVICE), ncm.Blocks(n=64, m=48, k=32))
+        nearest_code(z.to(DEVICE), c.to(DEVICE), Blocks(n=64, m=48, k=32))
 
 
 def test_dispatch_follows_environment(monkeypatch):
@@ -158,7 +165,7 @@ def test_dispatch_follows_environment(monkeypatch):
     (150, 90, 100, [0.5, 2.0], "fp16", "fp16", True, None),
     (150, 90, 100, [0.5, 2.0], "bf16", "bf16", True, None),
     (100, 300, 576, [1.0, 2.0, 4.0], "fp32", "bf16", False, None),  # projected fp32 signs vs bf16 text embeddings
-    (150, 90, 70, [1.0, 2.0], "fp32", "fp32", True, mmdm.GPU_BLOCKS),  # GPU tiles: many tiles, K tail
+    (150, 90, 70, [1.0, 2.0], "fp32", "fp32", True, GPU_BLOCKS),  # GPU tiles: many tiles, K tail
 ])
 def test_mmd_value_and_grads_match_float64(rng, n, m, D, sigmas, x_dtype, y_dtype, grad_y, blocks):
     gen, seed = rng
@@ -195,7 +202,7 @@ def test_mmd_value_and_grads_match_float64(rng, n, m, D, sigmas, x_dtype, y_dtyp
 def test_mmd_pair_sum_writes_every_partial(rng):
     gen, seed = rng
     a, b = torch.randn(150, 40, generator=gen), torch.randn(70, 40, generator=gen)
-    blocks = mmdm.GPU_BLOCKS
+    blocks = GPU_BLOCKS
     partial = torch.full((3, 2), float("nan"), device=DEVICE)  # (cdiv(150, 64), cdiv(70, 64)), poisoned
     gammas = mmdm.gammas_of([0.5, 3.0], DEVICE)
     got = mmdm._pair_sum(a.to(DEVICE), b.to(DEVICE), gammas, blocks, partial).item()
@@ -226,8 +233,9 @@ import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, os.getcwd())
-from kernels import nearest_code
-ncm, mmdm = sys.modules["kernels.nearest_code"], sys.modules["kernels.mmd"]  # kernels.mmd is the function
+import kernels.mmd as mmdm
+import kernels.nearest_code as ncm
+from kernels.common import GPU_BLOCKS
 
 def compile_for_hopper(kernel, blocks, types, **constexprs):
     constexprs.update(BLOCK_N=blocks.n, BLOCK_M=blocks.m, BLOCK_K=blocks.k)
@@ -240,19 +248,19 @@ def compile_for_hopper(kernel, blocks, types, **constexprs):
 
 out = []
 for t, precision in (("fp32", "ieee"), ("bf16", "tf32")):
-    out.append(compile_for_hopper(ncm.nearest_code_kernel, ncm.GPU_BLOCKS, dict(
+    out.append(compile_for_hopper(ncm.nearest_code_kernel, GPU_BLOCKS, dict(
         z_ptr="*" + t, c_ptr="*" + t, idx_ptr="*i64", dist_ptr="*fp32", N="i32", M="i32", d="i32"),
         PRECISION=precision))
-    out.append(compile_for_hopper(mmdm.mmd_fwd_kernel, mmdm.GPU_BLOCKS, dict(
+    out.append(compile_for_hopper(mmdm.mmd_fwd_kernel, GPU_BLOCKS, dict(
         a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", partial_ptr="*fp32", n_a="i32", n_b="i32", D="i32",
         num_sigmas="i32"), PRECISION=precision))
-    out.append(compile_for_hopper(mmdm.mmd_bwd_kernel, mmdm.GPU_BLOCKS, dict(
+    out.append(compile_for_hopper(mmdm.mmd_bwd_kernel, GPU_BLOCKS, dict(
         a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", g_ptr="*fp32", ga_ptr="*fp32", gb_ptr="*fp32",
         scale="fp32", n_a="i32", n_b="i32", D="i32", num_sigmas="i32"), PRECISION=precision, GRAD_A=True, GRAD_B=True))
 
 os.environ["TRITON_INTERPRET"] = "1"  # turned on after the import: a launch must refuse, not crash inside Triton
 try:
-    nearest_code(torch.randn(4, 8), torch.randn(3, 8))
+    ncm.nearest_code(torch.randn(4, 8), torch.randn(3, 8))
     late = "no error"
 except RuntimeError as e:
     late = str(e)

@@ -5,6 +5,7 @@ Every test draws fresh random sentences; the seed is in each failure message, an
 import random
 import secrets
 
+import numpy as np
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -220,6 +221,56 @@ def test_rouge_l_on_non_ascii_text_via_ascii_aliases(lang, tok):
         ref = _rouge_score_mean([ascii_words(h) for h in hyps], [ascii_words(r) for r in refs])
         ours = metrics.rouge_l(hyps, refs, tokenize=tok)
         assert abs(ours - ref) <= TOL, f"seed={seed} trial={trial}: {ours} vs rouge-score {ref}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bootstrap interval of BLEU
+
+def _draws(n, seed, S):
+    return np.random.default_rng(seed).integers(0, S, (n, S))  # the draws bootstrap_bleu's docstring promises
+
+
+@pytest.mark.parametrize("lang,tok", [("de", "13a"), ("zh", "zh")])
+def test_bootstrap_resamples_match_sacrebleu(lang, tok):
+    """Each resample's BLEU is sacrebleu's corpus BLEU of the drawn sentences: with n=1 the interval is that one score;
+    with n=9 it is the 2.5/97.5 percentiles of the nine sacrebleu scores of the same draws."""
+    seed, rng = _rng()
+    hyps, refs = _corpus(rng, lang)
+    for order in (4, 2):
+        for s in (seed, seed + 1, seed + 2):
+            i = _draws(1, s, len(hyps))[0]
+            want = _sacre([hyps[j] for j in i], [refs[j] for j in i], order, tok).score
+            lo, hi = metrics.bootstrap_bleu(hyps, refs, lang, n=1, seed=s, order=order)
+            assert abs(lo - want) <= TOL and abs(hi - want) <= TOL, f"seed={seed} resample {s}: {lo} vs {want}"
+        draws = _draws(9, seed, len(hyps))
+        scores = [_sacre([hyps[j] for j in i], [refs[j] for j in i], order, tok).score for i in draws]
+        want = np.percentile(scores, [2.5, 97.5])
+        got = metrics.bootstrap_bleu(hyps, refs, lang, n=9, seed=seed, order=order)
+        assert np.allclose(got, want, rtol=0, atol=TOL), f"seed={seed} order {order}: {got} vs {want}"
+
+
+def test_bootstrap_interval_holds_the_score_and_narrows_with_more_sentences():
+    seed, rng = _rng()
+    widths = []
+    for size in (60, 600):  # two corpora of the same kind of sentences and system outputs
+        refs = [_sentence(rng, "de") for _ in range(size)]
+        hyps = [_hypothesis(rng, r, "de") for r in refs]
+        lo, hi = metrics.bootstrap_bleu(hyps, refs, "de", seed=seed)
+        full = metrics.score_all(hyps, refs, "de")["B4"]
+        assert lo < full < hi, f"seed={seed} {size} sentences: BLEU-4 {full} outside its interval ({lo}, {hi})"
+        assert metrics.bootstrap_bleu(hyps, refs, "de", seed=seed) == (lo, hi), f"seed={seed}: not reproducible"
+        widths.append(hi - lo)
+    # the interval's width shrinks about as 1 / sqrt(sentences): sqrt(10) here
+    assert widths[1] < 0.6 * widths[0], f"seed={seed}: widths {widths} for 60 and 600 sentences"
+
+
+def test_bootstrap_bad_input():
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        metrics.bootstrap_bleu(["a"], ["a"], "de", n=0)
+    with pytest.raises(ValueError, match="order must be a positive int"):
+        metrics.bootstrap_bleu(["a"], ["a"], "de", order=0)
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        metrics.bootstrap_bleu(["a", "b"], ["a"], "de")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
