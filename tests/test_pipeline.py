@@ -66,7 +66,12 @@ def test_all_stages_tiny(tmp_path, capsys):
     # a random 2-layer LLM can only be steered a little through its input embeddings: the fall is small but real
     # (deterministic: seeded data order and init), from ~4.29 to ~4.24 nats
     assert sum(L[-6:]) / 6 < sum(L[:6]) / 6 - 0.03, f"L_sim did not fall: {L}"
-    results = train.main(["--stage=eval"] + args)
+    written, real = [], engine.atomic_write
+    with pytest.MonkeyPatch.context() as mp:  # every output file of eval is written atomically
+        mp.setattr(engine, "atomic_write", lambda path, write: written.append(os.path.basename(path))
+                   or real(path, write))
+        results = train.main(["--stage=eval"] + args)
+    assert {"dev.tsv", "test.tsv", "metrics.json"} <= set(written)
     with open(os.path.join(out, "eval", "metrics.json")) as f:
         assert json.load(f) == results
     assert set(results["test"]) == {"B1", "B2", "B3", "B4", "ROUGE-L"}
@@ -100,6 +105,8 @@ def test_prefix_cache_gives_the_same_L_sim_and_gradients(tmp_path):
     W = torch.randn(3, 7, llm.cfg.dim, dtype=torch.float64).float()
     W_mask = torch.arange(7) < torch.tensor([7, 2, 5])[:, None]  # (3, 7): uneven sign sentences
     out = {}
+    german = SignLLM(vq, tokens, llm, tok, SignLLMConfig(language="german"))  # the tiny tokenizer knows no capitals
+    assert "sentence into german" in tok.decode(german.prompt_before + german.prompt_after)
     for cached in (True, False):
         model = SignLLM(vq, tokens, llm, tok, SignLLMConfig(prefix_cache=cached))
         assert len(model.prompt_before) > 0

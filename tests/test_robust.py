@@ -279,3 +279,49 @@ def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
     shutil.copytree(base / "llm36", llm)
     with pytest.raises(SystemExit, match=r"f projects to width 24 .* has width 36"):
         signllm.main(["--ckpt", str(out / "ft"), video])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# nothing lost: --stage all, a corrupt log, a truncated checkpoint
+
+def test_stage_all_never_deletes_a_stage_it_did_not_write(tiny, tmp_path, capsys):
+    """A stage trained on its own is done: `--stage all` skips it (and says with which settings it differs) instead of
+    training it again; a stage folder with checkpoints but no DONE (a killed run) is refused as a single stage would
+    be, and continued with --resume."""
+    out = str(tmp_path)
+    train.main(args(tiny, out, "--vq_max_steps=2"))
+    before = {f: engine.sha256(f) for f in glob.glob(os.path.join(out, "vq", "*-*"))}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # stops at the cra stage (no LLM here): what matters is what it did to vq
+        train.main(args(tiny, out, "--stage=all", "--llm=/nonexistent"))
+    printed = capsys.readouterr().out
+    assert "== vq: done already" in printed and "vq_max_steps: checkpoint 2, now 8" in printed
+    assert {f: engine.sha256(f) for f in glob.glob(os.path.join(out, "vq", "*-*"))} == before
+    os.remove(os.path.join(out, "vq", "DONE"))  # as if the vq run had been killed after its last checkpoint
+    with pytest.raises(SystemExit, match="holds checkpoints: pass --resume to continue or --overwrite"):
+        train.main(args(tiny, out, "--stage=all", "--llm=/nonexistent"))
+    assert {f: engine.sha256(f) for f in glob.glob(os.path.join(out, "vq", "*-*"))} == before
+    with pytest.raises(SystemExit, match="/nonexistent"):  # resumed vq to the end, then cra asks for the LLM
+        train.main(args(tiny, out, "--stage=all", "--resume", "--llm=/nonexistent"))
+    assert json.load(open(os.path.join(out, "vq", "DONE")))["vq_max_steps"] == 8
+    assert [m["step"] for m in log_of(out)] == list(range(1, 9))
+
+
+def test_corrupt_log_line_or_truncated_checkpoint_named(tiny, tmp_path):
+    out = str(tmp_path)
+    train.main(args(tiny, out, "--vq_max_steps=2"))
+    log = os.path.join(out, "vq", "log.jsonl")
+    lines = open(log).read().splitlines()
+    open(log, "w").write(lines[0] + "\n" + lines[1][:-9] + "}\n")  # a line that ends but is not JSON
+    with pytest.raises(SystemExit, match=r"log.jsonl line 2: not a log line"):
+        train.main(args(tiny, out, "--resume", "--vq_max_steps=4"))
+    best = newest(out, "best")
+    path = os.path.join(out, "vq", best["weights"])
+    blob = open(path, "rb").read()
+    open(path, "wb").write(blob[: len(blob) // 2])  # a truncated weights file
+    with pytest.raises(SystemExit, match=rf"{re.escape(path)}: sha256 differs"):
+        engine.read(os.path.join(out, "vq"), "best")
+    open(path, "wb").write(blob[:4])  # too short for even a safetensors header, and its JSON unreadable too
+    open(path[:-12] + ".json", "w").write("{")
+    with pytest.raises(SystemExit, match=r"best-0000002.json: unreadable checkpoint"):
+        engine.read(os.path.join(out, "vq"), "best")

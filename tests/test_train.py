@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import data
 import engine
+import metrics
 import train
 from vq import VQConfig, VQSign
 
@@ -114,3 +115,14 @@ def test_a_fresh_run_clears_done(tiny, tmp_path, monkeypatch):
     monkeypatch.undo()
     train.main(args(tiny, tmp_path / "o", "--vq_max_steps=1", "--overwrite"))
     assert json.load(open(done))["vq_max_steps"] == 1
+
+
+def test_presets_prompt_and_score_in_the_data_sets_language():
+    assert train.parse_args(["--preset=phoenix"]).signllm.language == "German"
+    assert train.parse_args(["--preset=csl"]).signllm.language == "Chinese"
+    assert train.parse_args(["--preset=csl", "--signllm.language=English"]).signllm.language == "English"
+    assert train.parse_args([]).signllm.language == "English"
+    hyps, refs = ["今天北方有雨", "明天晴"], ["今天北方下雨", "明天是晴天"]  # no spaces: words would score ~0
+    csl = train.parse_args(["--preset=csl"])
+    per_char = metrics.score_all(hyps, refs, "zh")
+    assert train.score(csl, hyps, refs) == per_char != metrics.score_all(hyps, refs, "de")
