@@ -36,6 +36,8 @@ class DataConfig:
     crop_min_area: float = 0.8    # a random crop keeps at least this fraction of the frame area (aspect kept)
     speed_jitter: float = 0.2     # a training video is resampled at a speed drawn from [1 - j, 1 + j]
     skip_bad: bool = False        # skip (and report) bad samples instead of stopping
+    oracle: str = ""              # primitives | glosses: each clip's ground-truth unit (synthetic data) as its
+                                  # character, in place of VQ-Sign's code: the ceiling of the tokenization (ours)
 
 
 @dataclass
@@ -240,10 +242,11 @@ class SignDataset(torch.utils.data.Dataset):
                 raise
             print(f"data: skipping {s.name}: {e}", file=sys.stderr)
             return {"skipped": (s.name, str(e))}
-        augment = self.train and cfg.augment
+        augment, kept = self.train and cfg.augment, np.arange(len(v))
         if augment and cfg.speed_jitter > 0:  # temporal speed jitter: resample at speed r (r > 1: faster, fewer frames)
             r = 1 + cfg.speed_jitter * (2 * torch.rand(()).item() - 1)  # torch RNG: seeded per worker, resumable
-            v = v[np.minimum(np.round(np.arange(0, len(v), r)).astype(int), len(v) - 1)]
+            kept = np.minimum(np.round(np.arange(0, len(v), r)).astype(int), len(v) - 1)
+            v = v[kept]
         x = torch.from_numpy(v).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a view
         H, W = x.shape[-2:]
         if augment and cfg.crop_min_area < 1:  # one random crop for the whole video, aspect ratio kept
@@ -258,7 +261,20 @@ class SignDataset(torch.utils.data.Dataset):
         out[:N] = x
         out[N:] = out[N - 1]  # pad to the clip grid by repeating the last frame
         x = out.sub_(self.mean * 255).div_(self.std * 255)  # ImageNet normalization of x / 255
-        return {"frames": x, "name": s.name, "text": s.text, "gloss": s.gloss}
+        item = {"frames": x, "name": s.name, "text": s.text, "gloss": s.gloss}
+        return dict(item, units=self.units(s.name, kept)) if cfg.oracle else item
+
+    def units(self, name, kept):
+        """DataConfig.oracle: each clip's ground-truth unit id, the primitive or gloss at its centre frame (at rest:
+        the last id), through the speed jitter's choice of frames `kept`."""
+        self.gt = getattr(self, "gt", None) or read_ground_truth(self.cfg.root)
+        v, ids = self.gt["videos"][name], list(self.gt["lexicon" if self.cfg.oracle == "glosses" else "primitives"])
+        per_frame = np.full(v["n_frames"], len(ids))
+        for label, a, b in v[self.cfg.oracle]:
+            per_frame[a:b] = ids.index(label) if self.cfg.oracle == "glosses" else label
+        per_frame = per_frame[kept]
+        centre = np.minimum(np.arange(num_clips(len(kept))) * CLIP_STRIDE + CLIP_LEN // 2, len(kept) - 1)
+        return torch.from_numpy(per_frame[centre])  # (T,)
 
 
 def collate(items: list[dict]) -> dict:
@@ -278,7 +294,9 @@ def collate(items: list[dict]) -> dict:
             "n_frames": n_frames, "n_clips": n_clips,
             "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],       # (B, T_max)
             "text": [it["text"] for it in items], "name": [it["name"] for it in items],
-            "gloss": [it["gloss"] for it in items], "skipped": skipped}
+            "gloss": [it["gloss"] for it in items], "skipped": skipped,
+            **({"units": torch.nn.utils.rnn.pad_sequence([it["units"] for it in items], True, -1)}  # (B, T_max)
+               if "units" in items[0] else {})}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -212,9 +212,12 @@ class SignLLM(nn.Module):
 
     def forward(self, batch):
         """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics). No L_VQ with k-means codes
-        or continuous features (the ablations of Table 5 row 1 and Table 4 row 1)."""
+        or continuous features (the ablations of Table 5 row 1 and Table 4 row 1), nor with the generator's units
+        as characters (DataConfig.oracle: batch["units"])."""
         z, metrics, S_w = None, {}, None
-        if self.vq.config.quantizer == "vq" and self.cfg.tokens != "features":
+        if "units" in batch:
+            idx, L_vq = batch["units"], self.vq.codebook.new_zeros(())
+        elif self.vq.config.quantizer == "vq" and self.cfg.tokens != "features":
             L_vq, m, idx = self.vq(batch)  # Eq. 2
             metrics = {"L_VQ": L_vq.item(), "cp_acc": m["cp_acc"], "usage": m["usage"]}
         else:
@@ -234,9 +237,9 @@ class SignLLM(nn.Module):
         return loss, metrics
 
     @torch.no_grad()
-    def translate(self, frames, clip_mask, beams=None, max_new_tokens=None):
-        """A batch of videos (data.collate's frames and clip_mask) -> list of translations."""
-        z, _, idx = self.vq.encode(frames, clip_mask)
+    def translate(self, frames, clip_mask, beams=None, max_new_tokens=None, units=None):
+        """A batch of videos (data.collate's frames and clip_mask; units: the oracle's) -> list of translations."""
+        z, _, idx = self.vq.encode(frames, clip_mask) if units is None else (None, None, units)
         W, W_mask = self.sign_sentence(idx, z=z)
         beams, max_new_tokens = beams or self.cfg.beams, max_new_tokens or self.cfg.max_new_tokens
         if self.decoder is not None:

@@ -296,6 +296,8 @@ def tokenize_videos(vq, dataset, cfg, features=False):
     vq.eval()
 
     def fn(batch):
+        if "units" in batch and not features:  # DataConfig.oracle: the generator's units are the characters
+            return [u[u >= 0].tolist() for u in batch["units"]]
         z, _, idx = vq.encode(batch["frames"].to(vq.codebook.device), batch["clip_mask"].to(vq.codebook.device))
         return [zb[ib >= 0].cpu() if features else ib[ib >= 0].tolist() for zb, ib in zip(z, idx)]
     return [s for part in engine.over_split(dataset, cfg.vq_batch_size, cfg, fn, "tokenize") for s in part]
@@ -424,7 +426,8 @@ def translate_split(model, dataset, cfg, beams=None):
     dev = model.vq.codebook.device
 
     def fn(b):
-        return model.translate(b["frames"].to(dev), b["clip_mask"].to(dev), beams=beams), b["text"], b["name"]
+        units = b["units"].to(dev) if "units" in b else None
+        return model.translate(b["frames"].to(dev), b["clip_mask"].to(dev), beams, units=units), b["text"], b["name"]
     parts = engine.over_split(dataset, cfg.ft_batch_size, cfg, fn, "translate")
     return tuple([x for p in parts for x in p[i]] for i in range(3))
 

@@ -120,3 +120,22 @@ def test_picture_layout_and_font():
         ys, xs = np.arange(C) * H // C, np.arange(C) * W // C
         assert np.array_equal(cell, frames[pick[k]][ys][:, xs])
     assert read_back(token_picture.panel(frames, ["\u00fc~"]), 2 * P + C, P, 2) == "??"  # outside the font
+
+
+def test_content_recall_and_blind_rows():
+    """bench/seeds.py's content measure on the generator's own sentences: a reference scores 100 against itself, a
+    sentence of other content less; the derangement moves every video."""
+    import seeds
+    rng = np.random.default_rng(int(torch.randint(1 << 30, ())))
+    sents = [data._sentence(rng) for _ in range(60)]
+    glosses, texts = [s[0] for s in sents], [s[1] for s in sents]
+    assert seeds.content_recall(texts, glosses) == 100.0
+    assert seeds.content_recall([t.upper() + "." for t in texts], glosses) == 100.0  # case and punctuation ignored
+    shifted = texts[1:] + texts[:1]
+    assert seeds.content_recall(shifted, glosses) < 60.0
+    g = ["TODAY", "NORTH", "RAIN", "STRONG"]  # "today there will be heavy rain in the north"
+    assert seeds.gloss_words(g) == {"TODAY": {"today"}, "NORTH": {"north"}, "RAIN": {"rain"}, "STRONG": {"heavy"}}
+    assert seeds.content_recall(["today there will be rain in the north"], [g]) == 75.0  # 3 of 4: not "heavy"
+    assert seeds.content_recall(["x"], [["NOT_A_GLOSS"]]) is None
+    p = seeds.derangement(7, __import__("random").Random(0))
+    assert sorted(p) == list(range(7)) and all(i != j for i, j in enumerate(p))
