@@ -283,7 +283,7 @@ def transport(vocab, counts, char_counts, cfg):
 @dataclass
 class CRAResult:
     n_chars: int                                  # M; the slow token s0 is character M
-    entropies: list                               # H_r, Eq. 4 on the r-th codebook's plan (nats), r = 0..R
+    entropies: list                               # H_r, Eq. 4 on the r-th plan (= Eq. 3 on an even split), r = 0..R
     chosen_r: int
     vocab: list                                   # word id -> tuple of character ids; ids 0..M are the characters
     freqs: list                                   # word id -> count in the training corpus segmented with vocab
@@ -301,7 +301,7 @@ class CRAResult:
 
     def describe(self):
         """The search as lines of text: each size's entropies, readout and score, then the choice and why."""
-        why = {"eq4": "Eq. 4's largest drop", "muv": "the largest drop of entropy per character per word added"}
+        why = {"eq4": "Eq. 4's largest drop", "muv": "the largest drop of entropy per character per word added (ours)"}
         return [f"codebook r={r}: {r * self.m} candidates -> {n - self.n_chars - 1} words kept; Eq. 4 {h:.4f}, per "
                 f"character {c:.4f}, {self.rule} score {self.scores().get(r, math.nan):+.5f}"
                 + ("  <- chosen" if r == self.chosen_r else "") for r, (h, c, n) in
@@ -324,7 +324,7 @@ def search(seqs, cfg):
             raise ValueError(f"sequence {k}: character {bad[0]!r} is not an int in [0, {M}] (run preprocess first)")
     cands = bpe_candidates(seqs, cfg.max_candidates, cfg.min_count)
     char_counts = Counter(c for s in seqs for c in s)
-    singles = [(c,) for c in range(M + 1)]  # in every codebook, each asking for all of its character
+    singles = [(c,) for c in range(M + 1)]  # in every codebook, each asking for every occurrence of its character
     res, kept = CRAResult(M, [], 0, [], [], cfg.m, cfg.size_rule), []
     for r in range(min(cfg.R, math.ceil(len(cands) / cfg.m)) + 1):
         vocab = singles + [w for w, _ in cands[: r * cfg.m]]
