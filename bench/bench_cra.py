@@ -9,7 +9,7 @@
    choice, and the same figures with VOLT's sign of the cost (cfg.cost = "volt").
 4. search time for 1k / 10k (/ 100k with --full) planted sequences.
 
-    python bench/bench_cra.py              # about a minute on a 2-core CPU
+    python bench/bench_cra.py              # about 15 seconds on a 2-core CPU
     python bench/bench_cra.py --full
 
 out/tokens.json: {"M": 64, "train": [[VQ index, ...], ...]}, the training videos tokenized as train.py's cra stage
