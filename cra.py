@@ -1,29 +1,21 @@
-"""Codebook Reconstruction of Sec. 3.3 ("Codebook Reconstruction Algorithm"): from VQ-Sign's character-level sign
-tokens to a word-level codebook, chosen by optimal transport.
+"""Codebook Reconstruction and Alignment, Sec. 3.3: from VQ-Sign's character-level sign tokens to word-level ones.
 
-The steps, in the order of the paper:
-1. `preprocess`: "Pre-processing of Repeated Characters". Each run of a repeated token keeps its first token; a run
-   longer than alpha (the sequence's average run length) is followed by the slow token s0.
-2. `bpe_candidates`: candidate words, the frequent multi-character sequences found by byte-pair-encoding merges (the
-   paper leaves candidates open; VOLT [65], whose search this is, takes them from BPE).
-3. `sinkhorn`: the entropic optimal transport solver the paper uses for Eq. 5, as a plain log-domain loop.
-4. `search`: for r = 1..R the r-th codebook holds r*m candidate words (m = 32, Sec. 4.1); its entropy comes from
-   the transport plan by Eq. 4 (which equals Eq. 3 when a word's characters are distinct); the chosen size is the
-   one with the largest entropy drop H_{r-1} - H_r, H_0 being the character-level codebook's; its vocabulary is
-   read out of that size's plan.
-5. `segment`: a pre-processed character sequence -> word ids (greedy longest match).
+Repeat pre-processing (s0), candidate words from byte-pair encoding, and the codebook search of VOLT [65]: for each
+size, `transport` (Eq. 5, solved by `sinkhorn`) lets the candidates compete for the characters they share, Eq. 4 on
+its plan gives the size's entropy, and the readout drops the candidates the plan starves. Then `segment`, and
+`SignTokens`: s0, the word codebook S^w composed through g, the projection f and L_MMD (Eq. 6).
 
-Character ids: 0..M-1 are VQ-Sign's codebook indices (the paper's s_1..s_M); the slow token s0 is the extra id M,
-one past the VQ codebook, so the character alphabet has M + 1 entries. The word vocabulary always starts with these
-M + 1 single characters (word id c = character c), so every pre-processed sequence can be segmented.
+Character ids 0..M-1 are VQ-Sign's codebook indices (s_1..s_M); s0 is id M. A vocabulary starts with these M + 1
+single characters (word id c = character c), so every pre-processed sequence can be segmented.
 """
 import heapq
+import itertools
 import math
-import numbers
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,14 +27,16 @@ from kernels.mmd import mmd
 class CRAConfig:
     n_chars: int = 256          # M, VQ-Sign's codebook size (Sec. 4.1); s0 gets id M
     m: int = 32                 # size increment: the r-th codebook has r * m candidate words (Sec. 4.1)
-    R: int = 16                 # sizes searched, r = 1..R (the paper does not give R: our guess)
+    R: int = 16                 # sizes searched, r = 1..R (the paper does not give R: it bounds the search)
     max_candidates: int = 10000  # BPE merges kept as candidate words
-    min_count: int = 2          # BPE stops at a pair rarer than this; the readout drops words rarer than this
+    min_count: int = 2          # BPE stops at a pair rarer than this
     eps: float = 1.0            # entropic weight of Eq. 5 (VOLT calls POT with reg = 1.0)
-    sinkhorn_iters: int = 2000
-    sinkhorn_tol: float = 1e-6  # the paper's epsilon on the marginals, max-abs (VOLT keeps POT's stopping rule)
-    check_every: int = 10       # Sinkhorn iterations between two marginal checks
-    keep_ratio: float = 0.5     # readout: a word stays if its plan mass covers this share of its BPE count
+    tau: float = 0.5            # KL weight on the word marginal (ours: the masses differ, see transport)
+    cost: str = "paper"         # "paper": D = log P(s|w) as printed; "volt": D = -log P(s|w) (see transport)
+    keep_ratio: float = 0.3     # readout: a word stays if the plan gives it this share of what it asks for (ours)
+    size_rule: str = "muv"      # "muv": VOLT's marginal utility (ours); "eq4": the paper's largest drop of Eq. 4
+    sinkhorn_iters: int = 5000
+    sinkhorn_tol: float = 1e-9  # the paper's epsilon on the character marginal, max-abs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -51,33 +45,21 @@ class CRAConfig:
 
 def runs(seq):
     """[(token, run length)] of a sequence, e.g. [1, 1, 1, 2] -> [(1, 3), (2, 1)]."""
-    out = []
-    for t in seq:
-        if out and out[-1][0] == t:
-            out[-1][1] += 1
-        else:
-            out.append([t, 1])
-    return [tuple(r) for r in out]
+    return [(t, len(list(g))) for t, g in itertools.groupby(seq)]
 
 
 def repeat_alpha(seq):
-    """alpha of a sequence: the average length of its runs of repeated tokens.
-
-    "we find all the repeated tokens ... and compute the average number of repeated tokens (alpha)": we average over
-    the runs that do repeat (length > 1) only; counting single tokens as runs of 1 would pull alpha below 2 and mark
-    every doubled token as slow. None when nothing repeats.
-    """
+    """alpha: the average length of the runs that repeat (length > 1), None when none does (single tokens as runs of
+    1 would pull alpha below 2 and mark every doubled token as slow; the paper leaves this open)."""
     lengths = [n for _, n in runs(seq) if n > 1]
     return sum(lengths) / len(lengths) if lengths else None
 
 
 def preprocess(seq, n_chars):
-    """Collapse each run to its first token; a run longer than alpha is followed by s0 = n_chars.
-
-    [s1, s1, s1] -> [s1, s0] when alpha < 3 (the paper's example); a run of exactly alpha tokens gets no s0.
-    """
+    """Collapse each run to its first token; a run longer than alpha is followed by s0 = n_chars: [s1, s1, s1] ->
+    [s1, s0] when alpha < 3 (the paper's example); a run of exactly alpha tokens gets no s0."""
     for pos, t in enumerate(seq):
-        if not (isinstance(t, numbers.Integral) and 0 <= t < n_chars):
+        if not (isinstance(t, (int, np.integer)) and 0 <= t < n_chars):
             raise ValueError(f"token {t!r} at position {pos} is not a VQ index in [0, {n_chars})")
     alpha = repeat_alpha(seq)
     out = []
@@ -93,12 +75,9 @@ def preprocess(seq, n_chars):
 
 
 def _merge_pair(w, pair, new):
-    """Replace non-overlapping occurrences of `pair`, left to right, by the symbol `new`.
-
-    Also returns how the sequence's adjacent-pair counts change, from the merge sites only: at a merge of w[i], w[i+1]
-    the pairs (w[i-1], w[i]), (w[i], w[i+1]), (w[i+1], w[i+2]) go and (left, new), (new, right) come; when two
-    merges touch ("a b a b" -> "ab ab") their shared pair is counted once.
-    """
+    """Replace non-overlapping occurrences of `pair`, left to right, by `new`; also return the change of the
+    adjacent-pair counts, from the merge sites only (when two merges touch, "a b a b" -> "ab ab", their shared pair
+    is counted once)."""
     a, b = pair
     out, delta, i, n = [], Counter(), 0, len(w)
     while True:
@@ -126,13 +105,11 @@ def _merge_pair(w, pair, new):
 
 
 def bpe_candidates(seqs, max_candidates, min_count=2):
-    """[(characters, count)] in merge order: each merge of the most frequent adjacent pair of symbols makes one
-    candidate word; count is how many times the merge was applied to the corpus. Sign sequences have no spaces, so
-    merges may cross what a human would call word boundaries: the search decides which candidates to keep.
+    """[(characters, count)] in merge order: each merge of the most frequent adjacent pair makes one candidate; count
+    is how often the merge was applied. Sign sequences have no spaces: merges may cross word boundaries.
 
-    Pair counts are updated incrementally (only around the merge sites, see `_merge_pair`). The heap holds, for
-    every pair, an entry at least as large as its count: a popped entry that is too large is re-queued with the
-    current count. Ties go to the smaller pair of symbol ids, so the result is deterministic.
+    Pair counts are updated around the merge sites only. The heap holds, for every pair, an entry at least as large
+    as its count: a popped entry that is too large is re-queued. Ties go to the smaller pair: deterministic.
     """
     words = [list(s) for s in seqs]                  # each sequence as a list of symbol ids, chars first
     spell = {c: (c,) for w in words for c in w}      # symbol id -> its characters
@@ -144,7 +121,7 @@ def bpe_candidates(seqs, max_candidates, min_count=2):
     heap = [(-n, p) for p, n in pair_count.items()]
     heapq.heapify(heap)
     new = max(spell, default=-1) + 1
-    out, index = [], {}                              # [characters, count]; characters -> position in out
+    out = {}                                         # characters -> count, in merge order
     while heap and len(out) < max_candidates:
         n, pair = heapq.heappop(heap)
         if -n != pair_count[pair]:  # stale entry: the count fell since it was pushed; queue the current count
@@ -167,13 +144,9 @@ def bpe_candidates(seqs, max_candidates, min_count=2):
                     where[p].add(k)
             words[k] = merged
         spell[new] = spell[pair[0]] + spell[pair[1]]
-        if spell[new] in index:  # two merge paths to one spelling ('ab'+'c', 'a'+'bc'): one candidate
-            out[index[spell[new]]][1] += applied
-        else:
-            index[spell[new]] = len(out)
-            out.append([spell[new], applied])
+        out[spell[new]] = out.get(spell[new], 0) + applied  # two merge paths to one spelling: one candidate
         new += 1
-    return [tuple(c) for c in out]
+    return list(out.items())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -210,9 +183,8 @@ def _longest_match(seq, trie):
 
 
 def segment(seq, vocab):
-    """Word ids of a pre-processed character sequence: at each position take the longest vocabulary word that
-    matches (WordPiece's greedy rule), then continue after it. Deterministic; any vocabulary that holds every single
-    character segments any sequence."""
+    """Word ids of a pre-processed character sequence: at each position the longest vocabulary word that matches
+    (WordPiece's greedy rule). A vocabulary that holds every single character segments any sequence."""
     return _longest_match(seq, build_trie(vocab))
 
 
@@ -222,181 +194,187 @@ def segment_all(seqs, vocab):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 3. Sinkhorn (Cuturi 2013 [16]) in the log domain
+# 3. Sinkhorn (Cuturi 2013 [16]) on the feasible pairs, in the log domain
 
 
-def sinkhorn(a, b, cost, eps, n_iters=1000, tol=1e-9, check_every=10):
-    """P = argmin_P <P, C> + eps * sum_ij P_ij log P_ij  s.t.  P 1 = a, P^T 1 = b  (balanced: sum a = sum b).
+def _lse(x, starts, seg):
+    """log-sum-exp of x over each run x[starts[k]:starts[k+1]]; seg[p] = k, the run (row or column) of entry p."""
+    mx = np.maximum.reduceat(x, starts)  # each run's largest term: exp() below cannot overflow
+    return mx + np.log(np.add.reduceat(np.exp(x - mx[seg]), starts))
 
-    This is POT's `ot.sinkhorn(a, b, C, reg=eps)` (POT's entropic term is also sum P log P), with POT's update
-    order (v, then u), so after the same number of iterations the plans agree. Working with the logarithms of the
-    scalings u, v keeps exp(-C / eps) from underflowing at small eps; an infeasible pair has C = +inf, so
-    log K = -inf and P = 0 there. Every `check_every` iterations we stop once the column marginal (the rows are
-    exact right after the u update) is within `tol` of b, entry by entry (POT uses the 2-norm).
-    Returns (P, err, iters): err is the max-abs marginal error at exit.
+
+def sinkhorn(a, b, row, col, cost, eps, tau=math.inf, n_iters=1000, tol=1e-9, check_every=10):
+    """min_P <P, C> + eps KL(P | a b^T) + tau KL(P^T 1 | b) s.t. P 1 = a, on the feasible pairs (row[p], col[p])
+    with costs cost[p], every other pair infeasible: rows exact, columns KL-relaxed (tau = inf: both exact). With
+    K = exp(-C / eps) a b^T and fi = tau / (tau + eps) the updates (Chizat et al. 2018) are
+        u = a / (K v)           log u = log a - LSE_j(log K + log v)
+        v = (b / (K^T u))^fi    log v = fi (log b - LSE_i(log K + log u))
+    and P = diag(u) K diag(v): POT's `ot.unbalanced.sinkhorn_unbalanced(a, b, C, eps, reg_m=(inf, tau))`, same
+    order, same iterates. Each LSE runs over a row's or a column's pairs only, so an iteration costs O(pairs), not
+    O(rows x columns). Every `check_every` iterations we stop once each row is within `tol` of a.
+    Returns (P, err, iters): P[p] is the plan on pair p, err the max-abs row error at exit.
     """
-    if a.ndim != 1 or b.ndim != 1 or cost.shape != (a.shape[0], b.shape[0]):
-        raise ValueError(f"sinkhorn: a {tuple(a.shape)}, b {tuple(b.shape)} and cost {tuple(cost.shape)} disagree")
-    if n_iters < 1:
-        raise ValueError(f"sinkhorn: n_iters must be >= 1, got {n_iters}")
-    if not (a > 0).all() or not (b > 0).all():
-        raise ValueError("sinkhorn: the marginals a and b must be strictly positive (drop empty rows/columns first)")
-    if abs(a.sum().item() - b.sum().item()) > 1e-9 * a.sum().item():
-        raise ValueError(f"sinkhorn: unbalanced problem, sum(a) = {a.sum().item()} != sum(b) = {b.sum().item()}")
-    if torch.isnan(cost).any() or (cost == -math.inf).any():
-        raise ValueError("sinkhorn: cost holds NaN or -inf")
-    log_K = -cost / eps                                  # (n, k), -inf on infeasible pairs
-    feasible = torch.isfinite(log_K)
-    for dim, name in ((1, "row"), (0, "column")):
-        empty = (~feasible.any(dim)).nonzero()
-        if len(empty):
-            raise ValueError(f"sinkhorn: cost {name} {empty[0].item()} has no finite entry, its mass cannot move")
-    log_a, log_b = a.log(), b.log()
-    log_u, log_v = torch.zeros_like(a), torch.zeros_like(b)
+    a, b, cost = (np.asarray(x, dtype=np.float64) for x in (a, b, cost))
+    row, col = np.asarray(row, dtype=np.int64), np.asarray(col, dtype=np.int64)
+    if not (a.ndim == b.ndim == cost.ndim == 1 and row.shape == col.shape == cost.shape and len(row)):
+        raise ValueError(f"sinkhorn: a {a.shape}, b {b.shape}, row {row.shape}, col {col.shape}, cost {cost.shape}")
+    if not ((a > 0).all() and (b > 0).all() and np.isfinite(cost).all() and eps > 0 and tau > 0 and n_iters > 0) or (
+            tau == math.inf and abs(a.sum() - b.sum()) > 1e-9 * a.sum()):
+        raise ValueError("sinkhorn: a, b, eps, tau, n_iters must be > 0, the costs finite (infeasible pairs left out), "
+                         f"and sum(a) = sum(b) if balanced (tau = inf): {a.sum()} vs {b.sum()}")
+    groups, twice = [], len(set(zip(row.tolist(), col.tolist()))) != len(row)
+    for idx, n, name in ((row, len(a), "row"), (col, len(b), "column")):
+        count = np.bincount(idx, minlength=n) if idx.min() >= 0 and idx.max() < n else np.zeros(0)
+        if len(count) != n or (count == 0).any() or twice:
+            raise ValueError(f"sinkhorn: a {name} index outside [0, {n}), a {name} without pairs, or a pair twice")
+        groups.append((np.argsort(idx, kind="stable"), np.r_[0, np.cumsum(count)[:-1]]))  # pairs grouped by idx
+    (by_row, starts_r), (by_col, starts_c) = groups
+    log_a, log_b = np.log(a), np.log(b)
+    log_K = -cost / eps + log_a[row] + log_b[col]  # (pairs,) log K, K = exp(-C / eps) a b^T
+    K_r, row_r, col_r = log_K[by_row], row[by_row], col[by_row]  # the pairs grouped by row
+    K_c, row_c, col_c = log_K[by_col], row[by_col], col[by_col]  # ... and by column
+    fi = 1.0 if tau == math.inf else tau / (tau + eps)
+    log_u, log_v = np.zeros(len(a)), np.zeros(len(b))
     for it in range(1, n_iters + 1):
-        log_v = log_b - torch.logsumexp(log_K + log_u[:, None], dim=0)  # v = b / (K^T u)
-        log_u = log_a - torch.logsumexp(log_K + log_v[None, :], dim=1)  # u = a / (K v)
+        log_u = log_a - _lse(K_r + log_v[col_r], starts_r, row_r)  # u = a / (K v)
+        log_v = fi * (log_b - _lse(K_c + log_u[row_c], starts_c, col_c))  # v = (b / (K^T u))^fi
         if it % check_every == 0 or it == n_iters:
-            P = torch.exp(log_u[:, None] + log_K + log_v[None, :])  # P = diag(u) K diag(v), (n, k)
-            err = (P.sum(0) - b).abs().max().item()
+            P = np.exp(log_u[row] + log_K + log_v[col])  # P = diag(u) K diag(v), on the pairs
+            err = np.abs(np.bincount(row, P, len(a)) - a).max()
             if err <= tol:
                 break
     return P, err, it
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 4. the search (Eq. 3-5)
+# 4. one codebook's transport problem (Eq. 5) and its entropy (Eq. 4); the search over sizes
 
 
-def entropy(p):
-    """Eq. 3: H = -sum_j P(w_j) log P(w_j), in nats, of a vector of relative frequencies (zeros contribute 0)."""
-    p = p[p > 0]
-    return -(p * p.log()).sum().item()
+def transport(vocab, counts, char_counts, cfg):
+    """Eq. 5 for one codebook (vocab: word id -> characters, counts: word id -> count), on its feasible pairs. Returns
+    the ids with a count, each one's plan mass / the mass P(w_j) it asks for, Eq. 4, characters per token, (err, it).
 
-
-def entropy_from_plan(P, cond):
-    """Eq. 4: H = -sum P(w, s) log P(w, s) - sum P(w, s) (-log P(s | w)) over the feasible pairs (P > 0)."""
-    nz = P > 0
-    return (-(P[nz] * P[nz].log()).sum() - (P[nz] * -cond[nz].log()).sum()).item()
-
-
-def codebook_transport(vocab, counts, cfg):
-    """The OT problem of Eq. 5 for one codebook. Returns (used, P, cond, err, iters): `used` are the vocabulary ids of
-    P's rows, P (words, chars) is the paper's P(j, i), cond (words, chars) is P(s_i | w_j).
-
-    Word marginal: P(w_j), the relative frequency of w_j as a token when the corpus is segmented with this codebook
-    (Eq. 3's definition). Cost D(j, i) = -log P(s_i | w_j) with P(s_i | w_j) = 1 / len(w_j) when w_j contains s_i,
-    +inf otherwise. Character marginal: P(s_i) = sum_j P(w_j) (#s_i in w_j) / len(w_j), the character marginal of
-    the same joint that Eq. 4 decomposes; with it the plan splits each word's mass evenly over its characters and
-    Eq. 4 equals Eq. 3 whenever a word's characters are distinct (tests/test_cra.py shows both sides of this).
-    Eq. 5 as printed, H(P) + <P, D> with D = log P(s|w) = "inf" when infeasible, mixes signs: we follow VOLT's
-    min <P, D> - H(P) with D = -log P(s|w), i.e. POT's <P, D> + eps * sum P log P at eps = cfg.eps.
-    Honest note: this cost is the same (log len(w_j)) on every feasible pair of a word, so with both marginals fixed
-    the plan is that even split at any eps; the OT supplies the joint P(w, s) of Eq. 4, the words' frequencies
-    decide the rest. Words with count 0 carry no mass and are left out (their row would be all zero).
+    P(s_i): the character's share of the corpus. P(w_j) = count(w_j) len(w_j) / #characters (VOLT: n uses of a word
+    consume n of each of its characters). Candidates overlap (a merge is counted again inside longer merges, and each
+    character is its own word too), so the words ask for more than the characters hold: the rows stay exact, the
+    columns are relaxed by tau KL (ours; VOLT runs POT's balanced loop on the unequal masses).
+    D(j, i) = log P(s_i | w_j), the paper's D as printed: <P, D> is Eq. 4's second term and a character is cheaper in
+    a longer word, so a word wins its characters from its own pieces. Eq. 5 as printed, H(P) + <P, D>, is Eq. 4,
+    whose -sum P log P is concave: Sinkhorn minimises eps sum P log P instead (ours, as VOLT). cfg.cost = "volt"
+    takes VOLT's D = -log P(s|w), which makes a character dearer in a longer word.
     """
+    chars = sorted(c for c, n in char_counts.items() if n > 0)
+    index, n_all = {c: i for i, c in enumerate(chars)}, sum(char_counts.values())
     used = [j for j, n in enumerate(counts) if n > 0]
-    n_chars = cfg.n_chars + 1
-    mult = torch.zeros(len(used), n_chars, dtype=torch.float64)  # (words, chars): #s_i in w_j
-    for row, j in enumerate(used):
-        for c in vocab[j]:
-            mult[row, c] += 1
-    length = mult.sum(1, keepdim=True)                           # (words, 1)
-    p_w = torch.tensor([counts[j] for j in used], dtype=torch.float64)
-    p_w = p_w / p_w.sum()
-    p_s = p_w @ (mult / length)                                  # (words,) @ (words, chars) -> (chars,)
-    chars = (p_s > 0).nonzero().squeeze(1)                       # characters that occur at all
-    cond = torch.where(mult > 0, 1.0 / length, 0.0)[:, chars]    # P(s_i | w_j) as the paper estimates it
-    cost = torch.where(cond > 0, -cond.log(), math.inf)          # D(j, i) = -log P(s_i | w_j), +inf if infeasible
-    P, err, iters = sinkhorn(p_w, p_s[chars], cost, cfg.eps, cfg.sinkhorn_iters, cfg.sinkhorn_tol, cfg.check_every)
-    return used, P, cond, err, iters
+    pairs = [(index[c], k, n / len(vocab[j])) for k, j in enumerate(used) for c, n in Counter(vocab[j]).items()]
+    row, col, cond = (np.array(x) for x in zip(*pairs))  # (pairs,) each: character, word, P(s_i | w_j)
+    length = np.array([len(vocab[j]) for j in used], dtype=np.float64)
+    a = np.array([char_counts[c] for c in chars], dtype=np.float64) / n_all
+    b = np.array([counts[j] for j in used]) * length / n_all
+    cost = {"paper": np.log(cond), "volt": -np.log(cond)}[cfg.cost]  # D(j, i) on the feasible pairs
+    P, err, iters = sinkhorn(a, b, row, col, cost, cfg.eps, cfg.tau, cfg.sinkhorn_iters, cfg.sinkhorn_tol)
+    if err > cfg.sinkhorn_tol:
+        warnings.warn(f"cra.transport: Sinkhorn stopped at row error {err:.1e} after {iters} iterations")
+    mass = np.bincount(col, P, len(used))  # the plan's word marginal
+    H = float(-(P * np.log(P)).sum() + (P * np.log(cond)).sum())  # Eq. 4: -sum P log P - sum P (-log P(s|w))
+    return used, mass / b, H, float(mass.sum() / (mass / length).sum()), (float(err), iters)
 
 
 @dataclass
 class CRAResult:
-    n_chars: int                                   # M; the slow token s0 is character M
-    entropies: list                                # H_r (Eq. 4, nats) of the r-th codebook, r = 0..R
-    chosen_r: int                                  # argmax_r H_{r-1} - H_r
-    vocab: list                                    # word id -> tuple of character ids; ids 0..M are the characters
-    freqs: list                                    # word id -> count in the training corpus segmented with vocab
-    sinkhorn: list = field(default_factory=list)  # (err, iters) of each size's Sinkhorn run
+    n_chars: int                                  # M; the slow token s0 is character M
+    entropies: list                               # H_r, Eq. 4 on the r-th plan (= Eq. 3 on an even split), r = 0..R
+    chosen_r: int
+    vocab: list                                   # word id -> tuple of character ids; ids 0..M are the characters
+    freqs: list                                   # word id -> count in the training corpus segmented with vocab
+    m: int = 32
+    rule: str = "eq4"
+    ipc: list = field(default_factory=list)      # H_r / characters per token: entropy per character (VOLT)
+    sizes: list = field(default_factory=list)    # words + characters that the r-th plan's readout keeps
+
+    def scores(self):
+        """{r: score}: "eq4", H_{r-1} - H_r; "muv", (ipc_{r-1} - ipc_r) / words added, where words are added."""
+        if self.rule == "eq4":
+            return {r: self.entropies[r - 1] - self.entropies[r] for r in range(1, len(self.entropies))}
+        n = self.sizes
+        return {r: (self.ipc[r - 1] - self.ipc[r]) / (n[r] - n[r - 1]) for r in range(1, len(n)) if n[r] > n[r - 1]}
+
+    def describe(self):
+        """The search as lines of text: each size's entropies, readout and score, then the choice and why."""
+        why = {"eq4": "Eq. 4's largest drop", "muv": "the largest drop of entropy per character per word added (ours)"}
+        return [f"codebook r={r}: {r * self.m} candidates -> {n - self.n_chars - 1} words kept; Eq. 4 {h:.4f}, per "
+                f"character {c:.4f}, {self.rule} score {self.scores().get(r, math.nan):+.5f}"
+                + ("  <- chosen" if r == self.chosen_r else "") for r, (h, c, n) in
+                enumerate(zip(self.entropies, self.ipc, self.sizes))] + [f"chosen r={self.chosen_r}: {why[self.rule]}"]
 
 
 def search(seqs, cfg):
-    """Choose the word-level codebook from pre-processed training sequences (lists of ids in [0, M]).
-
-    Eq. 3 is an entropy per token, not per character (VOLT divides by the average token length): as words replace
-    characters it need not fall, and the largest drop can be small and noisy; we keep the paper's definition.
-    """
+    """Choose the word-level codebook from pre-processed training sequences (lists of ids in [0, M]). The r-th
+    codebook (r = 0..R) is the M + 1 characters and the first r*m candidates in merge order (VOLT's code takes the
+    first S[t] merges). Rule "eq4" (the paper): the largest drop H_{r-1} - H_r of Eq. 4. On our tokens Eq. 4 rises
+    with r, so the default "muv" is VOLT's normalisation (ours): entropy per character, its drop per word added.
+    The vocabulary is the chosen plan's readout: a candidate stays if the plan gives it keep_ratio of what it asks
+    for (VOLT's threshold, 1e-4 of it, drops little but rounding errors)."""
     M = cfg.n_chars
-    if not any(seqs):
-        raise ValueError("cra.search: the corpus holds no characters")
+    if not any(seqs) or cfg.cost not in ("paper", "volt") or cfg.size_rule not in ("muv", "eq4"):
+        raise ValueError(f"cra.search: an empty corpus, or cost {cfg.cost!r} / size_rule {cfg.size_rule!r} unknown")
     for k, s in enumerate(seqs):
         bad = [c for c in s if not (type(c) is int and 0 <= c <= M)]
         if bad:
             raise ValueError(f"sequence {k}: character {bad[0]!r} is not an int in [0, {M}] (run preprocess first)")
     cands = bpe_candidates(seqs, cfg.max_candidates, cfg.min_count)
-    singles = [(c,) for c in range(M + 1)]  # kept at every size so any sequence stays segmentable
-    # H_0 is the character-level codebook (no words); sizes past the last candidate would repeat the last codebook
-    R = min(cfg.R, math.ceil(len(cands) / cfg.m))
-    entropies, stats, masses = [], [], []
-    for r in range(R + 1):
-        # candidates ranked in BPE merge order: VOLT's code takes the first S[t] merges of its BPE file (its paper
-        # says "most frequent"; merge order is nearly frequency order and never puts a word before its parts)
+    char_counts = Counter(c for s in seqs for c in s)
+    singles = [(c,) for c in range(M + 1)]  # in every codebook, each asking for every occurrence of its character
+    res, kept = CRAResult(M, [], 0, [], [], cfg.m, cfg.size_rule), []
+    for r in range(min(cfg.R, math.ceil(len(cands) / cfg.m)) + 1):
         vocab = singles + [w for w, _ in cands[: r * cfg.m]]
-        counts = Counter(t for s in segment_all(seqs, vocab) for t in s)
-        counts = [counts[j] for j in range(len(vocab))]
-        used, P, cond, err, iters = codebook_transport(vocab, counts, cfg)
-        if err > cfg.sinkhorn_tol:
-            warnings.warn(f"cra.search: Sinkhorn for size r={r} stopped at marginal error {err:.2e} > "
-                          f"sinkhorn_tol={cfg.sinkhorn_tol:g} after {iters} iterations")
-        entropies.append(entropy_from_plan(P, cond))  # Eq. 4 (= Eq. 3 for words of distinct characters)
-        stats.append((err, iters))
-        masses.append((used, P.sum(1), sum(counts)))  # the plan's word marginal and the number of tokens
-    drops = [entropies[r - 1] - entropies[r] for r in range(1, R + 1)]
-    chosen = 1 + max(range(R), key=lambda r: drops[r]) if R else 0  # first size on ties
-    # Readout (VOLT's rule: drop the tokens the plan gives too little mass relative to their frequency; VOLT uses a
-    # tiny threshold, we use keep_ratio): word j stays if plan mass * #tokens >= keep_ratio * its BPE merge count.
-    # Prefixes that longer words absorbed get little mass and go; the single characters always stay.
-    used, mass, n_tokens = masses[chosen]
-    keep = []
-    for j, p in zip(used, mass.tolist()):
-        if j > M and p * n_tokens >= max(cfg.keep_ratio * cands[j - M - 1][1], cfg.min_count):
-            keep.append(cands[j - M - 1][0])
-    vocab = singles + keep
-    freqs = Counter(t for s in segment_all(seqs, vocab) for t in s)
-    return CRAResult(M, entropies, chosen, vocab, [freqs[j] for j in range(len(vocab))], stats)
+        counts = [char_counts[c] for c in range(M + 1)] + [n for _, n in cands[: r * cfg.m]]
+        used, share, H, length, _ = transport(vocab, counts, char_counts, cfg)
+        kept.append([vocab[j] for j, s in zip(used, share) if j > M and s >= cfg.keep_ratio])  # the readout
+        res.entropies.append(H)
+        res.ipc.append(H / length)
+        res.sizes.append(M + 1 + len(kept[-1]))
+    scores = res.scores()
+    res.chosen_r = max(scores, key=scores.get) if scores else 0  # the first size on ties
+    res.vocab = singles + kept[res.chosen_r]
+    freqs = Counter(t for s in segment_all(seqs, res.vocab) for t in s)
+    res.freqs = [freqs[j] for j in range(len(res.vocab))]
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# the vocabulary file: one word per line, "count<TAB>character ids", so it reads without this code
+# the vocabulary file: one word per line, "count<TAB>character ids"; the header keeps the search (for each r, Eq. 4,
+# the entropy per character, words + characters kept), the rule and the choice
 
 
 def save_vocab(path, res):
     with open(path, "w") as f:
         f.write(f"# SignLLM CRA word vocabulary (Sec. 3.3): count<TAB>character ids; s0 = {res.n_chars}\n")
-        f.write(f"# n_chars {res.n_chars}\n# chosen_r {res.chosen_r}\n")
-        f.write("".join(f"# entropy {r} {h!r}\n" for r, h in enumerate(res.entropies)))
+        f.write(f"# n_chars {res.n_chars}\n# m {res.m}\n# rule {res.rule}\n# chosen_r {res.chosen_r}\n")
+        f.write("".join(f"# entropy {r} {h!r} {c!r} {n}\n" for r, (h, c, n) in enumerate(zip(res.entropies, res.ipc,
+                                                                                            res.sizes))))
         f.write("".join(f"{n}\t{' '.join(map(str, w))}\n" for w, n in zip(res.vocab, res.freqs)))
 
 
 def load_vocab(path):
-    head, vocab, freqs = {"entropy": []}, [], []
+    head, curve, vocab, freqs = {"m": 32, "rule": "eq4"}, [], [], []
     with open(path) as f:
         for ln, line in enumerate(f, 1):
+            key = line.split()[:3]
             try:
-                if line.startswith("# n_chars ") or line.startswith("# chosen_r "):
-                    head[line.split()[1]] = int(line.split()[2])
-                elif line.startswith("# entropy "):
-                    head["entropy"].append(float(line.split()[3]))
+                if key[:2] in (["#", "n_chars"], ["#", "chosen_r"], ["#", "m"], ["#", "rule"]):
+                    head[key[1]] = key[2] if key[1] == "rule" else int(key[2])
+                elif key[:2] == ["#", "entropy"]:  # r, Eq. 4, per character, vocabulary size (older files: r, Eq. 4)
+                    r, h, c, n = (line.split()[2:] + ["nan", "0"])[:4]
+                    curve.append((int(r), float(h), float(c), int(n)))
                 elif not line.startswith("#"):
                     n, chars = line.rstrip("\n").split("\t")
                     vocab.append(tuple(int(c) for c in chars.split()))
                     freqs.append(int(n))
             except (ValueError, IndexError) as e:
                 raise ValueError(f"{path}:{ln}: malformed line {line!r} ({e})") from None
-    if "n_chars" not in head or "chosen_r" not in head:
-        raise ValueError(f"{path}: missing '# n_chars' or '# chosen_r' header")
+    if "n_chars" not in head or "chosen_r" not in head or [c[0] for c in curve] != list(range(len(curve))):
+        raise ValueError(f"{path}: missing '# n_chars' or '# chosen_r', or '# entropy' lines not r = 0, 1, ...")
     M = head["n_chars"]
     if vocab[: M + 1] != [(c,) for c in range(M + 1)]:
         raise ValueError(f"{path}: the first {M + 1} entries must be the single characters 0..{M} in order")
@@ -405,7 +383,8 @@ def load_vocab(path):
             raise ValueError(f"{path}: word {k} {w} is empty or has a character outside [0, {M}]")
     if len(set(vocab)) != len(vocab):
         raise ValueError(f"{path}: duplicate words")
-    return CRAResult(M, head["entropy"], head["chosen_r"], vocab, freqs)
+    _, H, ipc, n = map(list, zip(*curve)) if curve else ([], [], [], [])
+    return CRAResult(M, H, head["chosen_r"], vocab, freqs, head["m"], head["rule"], ipc, n)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -432,8 +411,7 @@ def median_sigmas(q, scales=(0.5, 1.0, 2.0)):
 
 
 class SignTokens(nn.Module):
-    """The learned side of CRA: the slow token s0, the word codebook S^w composed through g, the projection f, and
-    L_MMD. The vocabulary (word id -> character ids, from `search`) is fixed; word ids 0..M are single characters."""
+    """The learned side of CRA: s0, the word codebook S^w composed through g, f, and L_MMD; the vocabulary is fixed."""
 
     def __init__(self, vocab, freqs, n_chars, d, d_llm, hidden, text_ids=(), sigmas=()):
         super().__init__()
@@ -458,19 +436,16 @@ class SignTokens(nn.Module):
         return torch.cat([codebook, self.s0[None].to(codebook.dtype)])  # (M + 1, d): s_1..s_M and s0
 
     def word_table(self, codebook, g):
-        """S^w (n_words, d): each word's character embeddings run through g (Sec. 3.3: "composing all features of the
-        character-level tokens into the word-level tokens via our autoregressive model g"); the word's embedding is
-        the context after its last character. A single-character word is g of that one character."""
+        """S^w (n_words, d): each word's character embeddings run through g ("composing all features of the
+        character-level tokens ... via our autoregressive model g"); a word is g's context after its last character."""
         x = self.char_table(codebook)[self.word_chars]  # (n_words, L, d)
         mask = torch.arange(x.shape[1], device=x.device) < self.word_len[:, None]  # (n_words, L)
         c = g(x, mask)  # (n_words, L, d)
         return c[torch.arange(len(c), device=x.device), self.word_len - 1]  # (n_words, d)
 
     def mmd_loss(self, codebook, g, text_embeddings, S_w=None, words=True):
-        """Eq. 6 at both levels: MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training,
-        against the LLM's input embeddings of the text tokens of the training translations. words=False: the
-        character level alone, over all M of VQ-Sign's codes, no s0 (Table 5 "w/o codebook reconstruction"; `used`
-        counts a character only where the segmentation leaves it alone, not inside words)."""
+        """Eq. 6 at both levels, MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training.
+        words=False: the character level alone, all M of VQ-Sign's codes, no s0 (Table 5 "w/o codebook reconstr.")."""
         if self.text_ids.numel() == 0 or self.sigmas.numel() == 0:
             raise ValueError("SignTokens has no text_ids / sigmas: they are set by the cra stage")
         q = text_embeddings[self.text_ids].float()  # (n_t, d_llm), the frozen LLM's: no gradient
