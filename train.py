@@ -93,7 +93,7 @@ PRESETS = {
                   # by telling signers apart (their colours differ)
                   "vq.negatives": "video", "vq.center": True,
                   "vq_batch_size": 8, "vq_max_steps": 800, "vq_warmup": 50, "vq_eval_every": 200, "vq_ckpt_every": 200,
-                  "cra.R": 4, "cra_refit": 50, "signllm.f_hidden": 512,
+                  "cra_refit": 50, "signllm.f_hidden": 512,
                   "ft_batch_size": 8, "ft_max_steps": 500, "ft_eval_every": 100, "eval_beams": 4},
     # the paper's configuration (Sec. 4.1): 224 x 224 frames, ResNet18 width 64 (ImageNet weights via
     # --vq.resnet_weights), d = 1024, M = 256, 200 epochs; the prompt asks for the data set's language
@@ -385,9 +385,7 @@ def stage_cra(cfg):
     else:
         seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg)]  # repeats -> s0
         res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
-    for r, h in enumerate(res.entropies):  # Eq. 3 via Eq. 4; r = 0 is the character-level codebook
-        print(f"codebook r={r}: {cfg.vq.M + 1} characters + {r * cfg.cra.m} candidate words, entropy {h:.4f}"
-              f"{'  <- chosen (largest drop H_r-1 - H_r)' if r == res.chosen_r else ''}")
+    print("\n".join(res.describe()))  # each size's entropy (Eq. 4), readout and score; the choice and why
     vocab_path = os.path.join(out, "vocab.txt")
     if cfg.resume and os.path.exists(vocab_path) and (old := cra.load_vocab(vocab_path).vocab) != res.vocab:
         k = next((i for i, (a, b) in enumerate(zip(old, res.vocab)) if a != b), min(len(old), len(res.vocab)))

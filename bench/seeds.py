@@ -121,7 +121,8 @@ def main(argv=None):
             cmd = [sys.executable, os.path.join(REPO, "train.py"), f"--seed={s}", f"--out_dir={args.out}/{s}",
                    "--resume", *threads, *settings]
             print(f"seed {s}: {' '.join(cmd[1:])}  (log: {args.out}/{s}.log)", flush=True)
-            running.append((s, subprocess.Popen(cmd, stdout=open(f"{args.out}/{s}.log", "a"), stderr=subprocess.STDOUT)))
+            running.append((s, subprocess.Popen(cmd, stdout=open(f"{args.out}/{s}.log", "a"),
+                                                stderr=subprocess.STDOUT)))
         time.sleep(5)
         for s, proc in list(running):
             if proc.poll() is not None:

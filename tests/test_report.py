@@ -51,17 +51,19 @@ def test_every_row_tiny(tmp_path):
     data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     text = report.main([f"--out={out}", "--random_layers=1", *TINY, *FAST, f"--data.root={root}", f"--llm={llm}"])
+    out = os.path.join(out, "seed1337")  # one seed: the cells are that seed's numbers
     # the table: one line per row, its numbers those of the row's own eval
     for key, name, *_ in report.ROWS:
         res = json.load(open(os.path.join(out, key, "eval", "metrics.json")))
         cells = next(l for l in text.splitlines() if l.startswith(f"| {name.format(layers=1)} |")).split(" | ")
         assert [float(c) for c in cells[2:12]] == [round(res[s][c], 2) for s in ("dev", "test")
                                                   for c in ("B1", "B2", "B3", "B4", "ROUGE-L")]
-    assert sum(l.startswith("| ") and "glosses |" in l for l in text.splitlines()) == 6  # token rows: not encoder-only
+    assert sum(l.startswith("| ") and "glosses |" in l for l in text.splitlines()) == 8  # token rows: not encoders
+    assert sum(l.startswith("| blind: ") for l in text.splitlines()) == 2
     # shared stages are links to the row that ran them; the encoder-only row has no vq and no cra
     link = lambda k, s: os.path.realpath(os.path.join(out, k, s))  # noqa: E731
     assert not os.path.islink(os.path.join(out, "signllm", "vq"))
-    for k in ("no_cr", "no_align", "no_llm", "random_llm"):
+    for k in ("no_cr", "no_align", "no_llm", "random_llm", "oracle_prims", "oracle_glosses"):
         assert link(k, "vq") == link("signllm", "vq")
     assert link("no_llm", "cra") == link("signllm", "cra") and not os.path.islink(os.path.join(out, "no_cr", "cra"))
     assert not os.path.exists(os.path.join(out, "encoder_only", "vq"))
@@ -80,6 +82,13 @@ def test_every_row_tiny(tmp_path):
     assert any(k.startswith("model.decoder.") for k in nl) and "optim.decoder.embed.weight.exp_avg" in nl
     assert best(os.path.join(out, "no_align", "cra"))[0]["step"] == 0
     assert best(os.path.join(out, "signllm", "cra"))[0]["step"] > 0
+    # LoRA: its factors (only they, never the LLM's weights) trained and in the checkpoint
+    _, lo = best(os.path.join(out, "lora", "ft"))
+    assert any(k.startswith("model.lora.") for k in lo) and not any(".wq.weight" in k for k in lo)
+    assert any(k.startswith("optim.lora.") for k in lo)
+    # the oracle rows read the generator's units: their vocabularies are searched on those, not on VQ-Sign's codes
+    assert open(os.path.join(out, "oracle_prims", "cra", "vocab.txt")).read() != \
+        open(os.path.join(out, "signllm", "cra", "vocab.txt")).read()
     # random LLM: its own width and tokenizer, one layer
     assert json.load(open(os.path.join(out, "random-llm", "config.json")))["num_hidden_layers"] == 1
     # the picture on a trained row: a PNG of the size its layout gives
