@@ -55,19 +55,21 @@ def repeat_alpha(seq):
     return sum(lengths) / len(lengths) if lengths else None
 
 
-def preprocess(seq, n_chars):
+def preprocess(seq, n_chars, positions=False):
     """Collapse each run to its first token; a run longer than alpha is followed by s0 = n_chars: [s1, s1, s1] ->
     [s1, s0] when alpha < 3 (the paper's example); a run of exactly alpha tokens gets no s0."""
     for pos, t in enumerate(seq):
         if not (isinstance(t, (int, np.integer)) and 0 <= t < n_chars):
             raise ValueError(f"token {t!r} at position {pos} is not a VQ index in [0, {n_chars})")
-    alpha = repeat_alpha(seq)
-    out = []
+    alpha, out, pos, start = repeat_alpha(seq), [], [], 0
     for t, n in runs(seq):
         out.append(int(t))
+        pos.append(start)  # positions=True: where each character of out comes from in seq (s0: -1)
         if alpha is not None and n > alpha:
             out.append(n_chars)  # s0, the "slowing down" sign
-    return out
+            pos.append(-1)
+        start += n
+    return (out, pos) if positions else out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -431,6 +433,28 @@ class SignTokens(nn.Module):
     def sentence(self, chars):
         """A video's character tokens -> its word ids: repeat pre-processing (s0), then longest-match segmentation."""
         return _longest_match(preprocess(chars, self.n_chars), self.trie) if chars else []
+
+    def occurrences(self, idx, z_q, g):
+        """Each word of each video composed through g from its own clips' straight-through features z_q (B, T, d)
+        (a run's first clip; s0 its vector): the value of S^w[word], with L_sim's gradient reaching E_v, as VQ-VAE's
+        straight-through estimator passes it (ours: the paper does not say how E_v learns from L_sim).
+        -> (B, L, d) word vectors, mask (B, L)."""
+        B, T, d = z_q.shape
+        table = torch.cat([z_q.reshape(B * T, d), self.s0[None].to(z_q.dtype)])  # (B T + 1, d): s0 is the last row
+        rows, per_video = [], []
+        for b, row in enumerate(idx):
+            seq, pos = preprocess(row[row >= 0].tolist(), self.n_chars, positions=True)
+            k, words = 0, _longest_match(seq, self.trie) if seq else []
+            for w in words:
+                rows.append([b * T + p if p >= 0 else B * T for p in pos[k:k + len(self.vocab[w])]])
+                k += len(self.vocab[w])
+            per_video.append(len(words))
+        n = torch.tensor([len(r) for r in rows], device=z_q.device)
+        at = torch.tensor([r + [B * T] * (int(n.max()) - len(r)) for r in rows], device=z_q.device)  # (words, L_w)
+        c = g(table[at], torch.arange(at.shape[1], device=z_q.device) < n[:, None])  # (words, L_w, d)
+        x = c[torch.arange(len(c), device=z_q.device), n - 1]  # (words, d): g's context after the last character
+        mask = torch.arange(max(per_video), device=z_q.device) < torch.tensor(per_video, device=z_q.device)[:, None]
+        return x.new_zeros(B, mask.shape[1], d).index_put_((mask,), x), mask  # (B, L, d)
 
     def char_table(self, codebook):
         return torch.cat([codebook, self.s0[None].to(codebook.dtype)])  # (M + 1, d): s_1..s_M and s0

@@ -48,6 +48,7 @@ class SignLLMConfig:
     decoder: str = "llm"         # llm: the frozen LLM; transformer: a small trainable one (Table 3 "w/o LLM")
     decoder_layers: int = 2      # encoder and decoder layers of that transformer
     lora_rank: int = 0           # > 0: LoRA of this rank on the LLM's attention projections (Table 4 "Encoder + FT")
+    straight_through: bool = False  # ft: L_sim reaches E_v through straight-through word tokens (cra.occurrences)
 
 
 class SmallTranslator(nn.Module):
@@ -218,14 +219,18 @@ class SignLLM(nn.Module):
         if "units" in batch:
             idx, L_vq = batch["units"], self.vq.codebook.new_zeros(())
         elif self.vq.config.quantizer == "vq" and self.cfg.tokens != "features":
-            L_vq, m, idx = self.vq(batch)  # Eq. 2
+            L_vq, m, idx, z_q = self.vq(batch)  # Eq. 2
             metrics = {"L_VQ": L_vq.item(), "cp_acc": m["cp_acc"], "usage": m["usage"]}
         else:
             z, _, idx = self.vq.encode(batch["frames"], batch["clip_mask"])
             L_vq = z.new_zeros(())
         if self.cfg.tokens == "words":
             S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # once per step: used by W and by L_MMD
-        W, W_mask = self.sign_sentence(idx, S_w, z)
+        if self.cfg.straight_through and self.cfg.tokens == "words" and "units" not in batch and z is None:
+            W, W_mask = self.cra.occurrences(idx, z_q, self.vq.g)  # the values of S_w[ids], gradient to E_v
+            W = self.cra.f(W)  # (B, L, llm dim)
+        else:
+            W, W_mask = self.sign_sentence(idx, S_w, z)
         L_sim = self.L_sim(W, W_mask, batch["text"])
         loss = L_vq + self.cfg.lambda_sim * L_sim
         metrics.update(L_sim=L_sim.item(), words=W_mask.sum(1).float().mean().item())

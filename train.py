@@ -310,7 +310,7 @@ def evaluate_vq(model, dev_set, cfg):
     keys = ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance")
 
     def fn(batch):
-        _, m, idx = model(engine.to_device(batch, model.codebook.device))
+        _, m, idx, _ = model(engine.to_device(batch, model.codebook.device))
         return [m[k] for k in keys], [row[row >= 0].cpu() for row in idx], batch["name"]
     parts = engine.over_split(dev_set, cfg.vq_batch_size, cfg, fn)
     out = {k: sum(p[0][i] for p in parts) / len(parts) for i, k in enumerate(keys)}

@@ -258,7 +258,8 @@ class VQSign(nn.Module):
         return len(dead) if not dist.is_initialized() or dist.get_rank() == 0 else 0
 
     def forward(self, batch, reseed=True):
-        """A data.collate batch -> (L_VQ of Eq. 2, metrics, idx (B, T)); reseed=False skips the dead-code check."""
+        """A data.collate batch -> (L_VQ of Eq. 2, metrics, idx (B, T), z_q (B, T, d): the straight-through z_hat);
+        reseed=False skips the dead-code check."""
         cfg, clip_mask = self.config, clip_mask_of(batch["clip_mask"])
         z = self.encoder(batch["frames"], clip_mask)  # (B, T, d)
         reseeded = self.reseed_dead_codes(z.detach()[clip_mask]) if self.training and reseed else 0
@@ -273,7 +274,7 @@ class VQSign(nn.Module):
         loss = L_cp + L_code + cfg.gamma * L_commit  # Eq. 2
         usage, ppl = codebook_usage(idx[clip_mask], cfg.M)
         return loss, dict(loss=loss.item(), L_cp=L_cp.item(), L_code=L_code.item(), L_commit=L_commit.item(), **cp,
-                          usage=usage, perplexity=ppl, reseeded=reseeded), idx
+                          usage=usage, perplexity=ppl, reseeded=reseeded), idx, z_q
 
     def loss(self, batch, reseed=True):
         """(L_VQ, metrics dict) of a batch."""

@@ -464,3 +464,31 @@ def test_load_vocab_errors(tmp_path):
 def test_search_rejects_raw_sequences():
     with pytest.raises(ValueError, match="sequence 1: character 9"):
         cra.search([[0, 1], [2, 9]], cra.CRAConfig(n_chars=8))
+
+
+def test_straight_through_words_equal_the_word_table_and_reach_the_features():
+    """cra.SignTokens.occurrences: each word composed through g from its clips' z_q has the value of S^w[word] (the
+    word table of the codebook), and its gradient reaches the clip features z, the first clip of each run only."""
+    from vq import ContextGRU
+    torch.manual_seed(int(torch.randint(1 << 30, ())))
+    M, d, B, T = 7, 5, 3, 11
+    vocab = [(c,) for c in range(M + 1)] + [(1, 2), (2, 3, M), (4, 1, 2)]
+    tok = cra.SignTokens(vocab, [1] * len(vocab), M, d, 6, 4).double()
+    g = ContextGRU(d).double()
+    codebook = torch.randn(M, d, dtype=torch.float64)
+    idx = torch.randint(0, M, (B, T))
+    idx[0, :6] = torch.tensor([1, 2, 2, 2, 3, 3])  # runs and an s0
+    idx[2, 7:] = -1  # a shorter video
+    z = torch.randn(B, T, d, dtype=torch.float64, requires_grad=True)
+    z_hat = codebook[idx.clamp(min=0)]
+    z_q = z + (z_hat - z).detach()
+    W, mask = tok.occurrences(idx, z_q, g)
+    S_w = tok.word_table(codebook, g)
+    for b in range(B):
+        ids = tok.sentence(idx[b][idx[b] >= 0].tolist())
+        assert mask[b].sum() == len(ids)
+        torch.testing.assert_close(W[b, :len(ids)], S_w[ids], rtol=1e-12, atol=1e-12)
+    W[mask].sum().backward()
+    grad = z.grad.abs().sum(-1)  # (B, T)
+    assert grad[0, 0] > 0 and grad[0, 1] > 0 and grad[0, 2] == 0 and grad[0, 3] == 0  # a run's first clip only
+    assert (grad[2, 7:] == 0).all()
