@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -30,36 +31,7 @@ MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden", "signllm.lora_rank")  # 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# files
-
-def atomic_write(path, write):
-    """write(tmp), fsync, rename over path: a kill leaves the old file or the new one, never a part of one."""
-    tmp = path + ".tmp"
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself reaches the disk
-    finally:
-        os.close(fd)
-
-
-def write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
+# configuration from the command line
 
 def flat(d, prefix=""):
     """A nested config dict as {'vq.d': 16, ...}."""
@@ -119,7 +91,74 @@ def set_key(cfg, key, value, source):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# save
+# processes (torchrun): one per device, each with its share of the work
+
+def join_processes(device):
+    """Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) join its process group, NCCL on GPUs and
+    gloo on a CPU, one process per device; prints become rank 0's. Returns whether it did."""
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is this rank's GPU from here on
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # one copy of each print; errors still reach stderr
+    return True
+
+
+def rank_world():
+    """(rank, number of processes) under torchrun, (0, 1) otherwise."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def gather(obj):
+    """[rank 0's obj, rank 1's obj, ...] under torchrun, [obj] otherwise."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def device_of(cfg):
+    return torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(batch, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files and checkpoints
+
+def atomic_write(path, write):
+    """write(tmp), fsync, rename over path: a kill leaves the old file or the new one, never a part of one."""
+    tmp = path + ".tmp"
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself reaches the disk
+    finally:
+        os.close(fd)
+
+
+def write_text(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
 
 def trainable(model):
     """[(name, parameter)] that the optimizer updates, in a fixed order (the order of Adam's state)."""
@@ -133,6 +172,30 @@ def checkpoints(out, tag):
 
 def step_of(path):
     return int(os.path.basename(path).split("-")[-1].split(".")[0])  # <tag>-<step>.json -> step
+
+
+def tidy(out, drop_after=None):
+    """Delete what a kill can leave (temp files, weights without their JSON) and what no resume needs: every ckpt but
+    the newest; every best but the newest and the newest one not after that ckpt (a resume from the ckpt goes back to
+    the best it knew). drop_after=s also deletes the checkpoints after step s (a resume from s runs those steps again);
+    -1 deletes them all and the stage's DONE mark (a fresh start)."""
+    for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp")):
+        os.remove(tmp)
+    jsons = checkpoints(out, "ckpt") + checkpoints(out, "best")
+    for w in glob.glob(os.path.join(glob.escape(out), "*-[0-9]*.safetensors")):
+        if w[:-12] + ".json" not in jsons:
+            os.remove(w)
+    ckpt, best = checkpoints(out, "ckpt"), checkpoints(out, "best")
+    last = step_of(ckpt[-1]) if ckpt else math.inf
+    known = [b for b in best if step_of(b) <= last][-1:]
+    drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
+    if drop_after is not None:
+        drop += [j for j in jsons if step_of(j) > drop_after]
+    if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
+        os.remove(os.path.join(out, "DONE"))
+    for j in sorted(set(drop)):
+        os.remove(j)  # the JSON first: without it the weights are no checkpoint
+        os.remove(j[:-5] + ".safetensors")
 
 
 def save(out, tag, model, opt, state, cfg):
@@ -161,32 +224,19 @@ def save(out, tag, model, opt, state, cfg):
     return base
 
 
-def tidy(out, drop_after=None):
-    """Delete what a kill can leave (temp files, weights without their JSON) and what no resume needs: every ckpt but
-    the newest; every best but the newest and the newest one not after that ckpt (a resume from the ckpt goes back to
-    the best it knew). drop_after=s also deletes the checkpoints after step s (a resume from s runs those steps again);
-    -1 deletes them all and the stage's DONE mark (a fresh start)."""
-    for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp")):
-        os.remove(tmp)
-    jsons = checkpoints(out, "ckpt") + checkpoints(out, "best")
-    for w in glob.glob(os.path.join(glob.escape(out), "*-[0-9]*.safetensors")):
-        if w[:-12] + ".json" not in jsons:
-            os.remove(w)
-    ckpt, best = checkpoints(out, "ckpt"), checkpoints(out, "best")
-    last = step_of(ckpt[-1]) if ckpt else math.inf
-    known = [b for b in best if step_of(b) <= last][-1:]
-    drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
-    if drop_after is not None:
-        drop += [j for j in jsons if step_of(j) > drop_after]
-    if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
-        os.remove(os.path.join(out, "DONE"))
-    for j in sorted(set(drop)):
-        os.remove(j)  # the JSON first: without it the weights are no checkpoint
-        os.remove(j[:-5] + ".safetensors")
+def claim(out, cfg):
+    """A fresh run may write `out` only if it holds no checkpoints, or with --overwrite (they are deleted)."""
+    if not (cfg.resume or cfg.overwrite) and (checkpoints(out, "ckpt") or checkpoints(out, "best")):
+        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# load
+def finish(out, cfg):
+    """Mark a stage done: `--stage all` does not run it again (DONE holds the config it was trained with)."""
+    if rank_world()[0] == 0:
+        write_text(os.path.join(out, "DONE"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    if dist.is_initialized():
+        dist.barrier()  # the last checkpoints are on disk before any rank goes on to read them
+
 
 def read(out, tag):
     """(JSON dict, tensors) of the newest complete <tag> checkpoint of out; the weights' sha256 is checked first."""
@@ -263,8 +313,29 @@ def trim_log(path, step):
     write_text(path, "".join(kept))
 
 
+def begin(out, model, opt, cfg):
+    """A stage's training starts: with --resume from the newest ckpt (weights, Adam, every RNG), its log cut back to
+    that step; else afresh in a claimed folder (its checkpoints, DONE and log gone). -> (state, the log to append to)"""
+    state, log_path = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[]), out + "/log.jsonl"
+    if cfg.resume:
+        meta = load(out, "ckpt", model, opt, cfg)
+        state = {k: meta.get(k, v) for k, v in state.items()}
+        if changed := config_diff(meta["config"], dataclasses.asdict(cfg)):
+            print(f"warning: resuming with changed settings ({changed}): the run will differ from an uninterrupted one")
+        print(f"resumed {out} at step {state['step']}")
+    claim(out, cfg)
+    if rank_world()[0] == 0:
+        tidy(out, drop_after=state["step"] if cfg.resume else -1)
+        os.makedirs(out, exist_ok=True)
+        if cfg.resume:  # a kill now leaves the old log or the new one
+            trim_log(log_path, state["step"])
+        else:
+            write_text(log_path, "")
+    return state, open(log_path if rank_world()[0] == 0 else os.devnull, "a")  # one JSON line per step
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# data order and augmentation as functions of (seed, epoch, index)
+# data order and augmentation as functions of (seed, epoch, index); loading a split in shares
 
 class SeededItems(torch.utils.data.Dataset):
     """Item (epoch, i) of a dataset, drawn with the torch, numpy and Python RNGs seeded from (seed, epoch, i) and
@@ -298,32 +369,6 @@ def epoch_batches(n, batch_size, seed, epoch):
     return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# processes (torchrun) and the training step's verdict
-
-
-def rank_world():
-    """(rank, number of processes) under torchrun, (0, 1) otherwise."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def gather(obj):
-    """[rank 0's obj, rank 1's obj, ...] under torchrun, [obj] otherwise."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def device_of(cfg):
-    return torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-
-
-def to_device(batch, device):
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def loader(items, batches, num_workers, collate_fn=data.collate):
     # its own generator: a DataLoader otherwise draws a worker seed from the global torch RNG, and the training stream
     # would depend on how many loaders were opened (a resume opens one more)
@@ -343,6 +388,18 @@ def over_split(dataset, batch_size, cfg, fn, desc=None):
                                    desc=desc, leave=False, disable=rank > 0 or desc is None, dynamic_ncols=True)
                if b.keys() != {"skipped"}]
     return [r for part in gather(out) for r in part]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the training step: DDP around the loss, and whether the step updates
+
+def ddp(net, device):
+    """net under DistributedDataParallel when several processes run: BatchNorm's running statistics stay per rank
+    (broadcast_buffers=False); short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused."""
+    if rank_world()[1] == 1:
+        return net
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     broadcast_buffers=False, find_unused_parameters=True)
 
 
 class LossOf(torch.nn.Module):

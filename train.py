@@ -5,10 +5,8 @@ overridden on the command line with --key=value (nested configs: --vq.d=128, --d
     python train.py --stage vq --resume             # continue out/vq/ from its newest checkpoint, exactly
     python train.py --stage vq --preset=phoenix --data.root=/data/PHOENIX-2014-T --vq.resnet_weights=resnet18.pth
 
-Stages: vq (Sec. 3.4 (i): VQ-Sign pre-trained with L_VQ, Eq. 2), cra (Sec. 3.4 (ii): the word codebook search of
-Sec. 3.3, then f and s0 trained with L_MMD, Eq. 6), ft (L_ft with the LLM frozen), eval (BLEU-1..4, ROUGE-L on dev
-and test). Each writes out/<stage>/. Under torchrun every stage runs data-parallel (one process per device; `fit`
-says how the work is shared); checkpoints, exact resume and the DDP plumbing are engine.py's.
+Stages vq, cra, ft, eval, each writing out/<stage>/; under torchrun every stage runs data-parallel (`fit` says how).
+Checkpoints, exact resume and the DDP plumbing are engine.py's.
 """
 import dataclasses
 import json
@@ -145,64 +143,28 @@ def cosine_lr(step, lr, min_lr, warmup, total):
     return min_lr + 0.5 * (1 + math.cos(math.pi * u)) * (lr - min_lr)
 
 
-def claim(out, cfg):
-    """A fresh run may write `out` only if it holds no checkpoints, or with --overwrite (they are deleted)."""
-    if not (cfg.resume or cfg.overwrite) and (engine.checkpoints(out, "ckpt") or engine.checkpoints(out, "best")):
-        raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
-
-
-def finish(out, cfg):
-    """Mark a stage done: `--stage all` does not run it again (DONE holds the config it was trained with)."""
-    if rank_world()[0] == 0:
-        engine.write_text(os.path.join(out, "DONE"), json.dumps(dataclasses.asdict(cfg), indent=1))
-    if dist.is_initialized():
-        dist.barrier()  # the last checkpoints are on disk before any rank goes on to read them
-
-
 def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
         grad_clip, eval_every, ckpt_every, collate_fn=data.collate, skipped=()):
     """Adam on every trainable parameter; loss_fn(model, batch, first) -> (loss, metrics), first: the step's first
     micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest). skipped: the (name, reason)
     of samples data.skip_bad left out while loading. Returns the per-step metrics.
 
-    Under torchrun each global batch of `batch_size` videos is cut into world x grad_accum micro-batches, strided:
-    process `rank` takes items a * world + rank, + world * grad_accum, ... as its micro-batch a. These depend on
-    world * grad_accum only and BatchNorm's statistics are per micro-batch (SyncBatchNorm refuses CPU tensors), so
-    2 processes x grad_accum 1 compute what 1 process x grad_accum 2 does, up to float rounding. Gradients are
-    all-reduced on the last micro-step only; checkpoints, log and prints are rank 0's; every rank resumes from the
-    same checkpoint (holding rank 0's RNG: exact where the ranks draw alike). BatchNorm's running statistics stay per
-    rank and are rank 0's at each evaluation."""
+    DDP: each global batch is cut into world x grad_accum strided micro-batches (process `rank` takes items
+    a * world + rank, + world * grad_accum, ... as its micro-batch a), so 2 processes compute what 1 process with
+    grad_accum 2 does (BatchNorm is per micro-batch: SyncBatchNorm refuses CPU tensors). Gradients are all-reduced on
+    the last micro-step; checkpoints, log and prints are rank 0's (a resume is exact where the ranks draw alike)."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=lr)
     (rank, world), A = rank_world(), cfg.grad_accum
     parts = world * A  # micro-batches per global batch
     if A < 1 or batch_size < parts:
         raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum {A}")
-    net = engine.LossOf(model, loss_fn)
-    if world > 1:  # find_unused_parameters: short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
-                                                        else None, broadcast_buffers=False, find_unused_parameters=True)
+    net = engine.ddp(engine.LossOf(model, loss_fn), device)  # the loss as a module: what DDP synchronises
     per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
     if per_epoch == 0:
         raise SystemExit(f"{stage}: {len(train_set)} training samples cannot fill {parts} micro-batches")
     total = max_steps if max_steps > 0 else epochs * per_epoch
-    state = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[])
-    log_path = os.path.join(out, "log.jsonl")  # one JSON line per step
-    if cfg.resume:
-        meta = engine.load(out, "ckpt", model, opt, cfg)
-        state = {k: meta.get(k, v) for k, v in state.items()}
-        if changed := engine.config_diff(meta["config"], dataclasses.asdict(cfg)):
-            print(f"warning: resuming with changed settings ({changed}): the run will differ from an uninterrupted one")
-        print(f"resumed {out} at step {state['step']}")
-    claim(out, cfg)
-    if rank == 0:
-        engine.tidy(out, drop_after=state["step"] if cfg.resume else -1)  # a fresh run also clears DONE
-        os.makedirs(out, exist_ok=True)
-        if cfg.resume:  # the log keeps the checkpoint's steps; a kill now leaves the old log or the new one
-            engine.trim_log(log_path, state["step"])
-        else:
-            engine.write_text(log_path, "")
-    log = open(log_path if rank == 0 else os.devnull, "a")
+    state, log = engine.begin(out, model, opt, cfg)  # a fresh start, or the newest checkpoint restored exactly
     items, history = SeededItems(train_set, cfg.seed), []
     bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
     while state["step"] < total:
@@ -270,7 +232,7 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                 break
     bar.close()
     log.close()
-    finish(out, cfg)
+    engine.finish(out, cfg)
     if state["bad_samples"]:
         print(f"{stage}: {len(state['bad_samples'])} bad sample(s) skipped:",
               *(f"  {n}: {r}" for n, r in state["bad_samples"]), sep="\n")
@@ -280,11 +242,11 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
 def save_untrained(cfg, out, model):
     """Write `model` as out's 'best' checkpoint without training it (k-means centroids; f and s0 without L_MMD)."""
     if rank_world()[0] == 0:  # every rank holds the same model; rank 0 writes
-        claim(out, cfg)
+        engine.claim(out, cfg)
         engine.tidy(out, drop_after=-1)
         opt = torch.optim.Adam([p for _, p in engine.trainable(model)])
         engine.save(out, "best", model, opt, dict(step=0, best_dev=0.0, dev={}), cfg)
-    finish(out, cfg)
+    engine.finish(out, cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -363,7 +325,7 @@ def stage_cra(cfg):
     skipped = []
     train_set, dev_set = prepare_data(cfg, skipped)
     out, device = os.path.join(cfg.out_dir, "cra"), engine.device_of(cfg)
-    claim(out, cfg)
+    engine.claim(out, cfg)
     vq = VQSign(cfg.vq).to(device)
     engine.load(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
@@ -386,12 +348,6 @@ def stage_cra(cfg):
         seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg)]  # repeats -> s0
         res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
     print("\n".join(res.describe()))  # each size's entropy (Eq. 4), readout and score; the choice and why
-    vocab_path = os.path.join(out, "vocab.txt")
-    if cfg.resume and os.path.exists(vocab_path) and (old := cra.load_vocab(vocab_path).vocab) != res.vocab:
-        k = next((i for i, (a, b) in enumerate(zip(old, res.vocab)) if a != b), min(len(old), len(res.vocab)))
-        raise SystemExit(f"{vocab_path}: the search now gives another vocabulary ({len(res.vocab)} words, was "
-                         f"{len(old)}; first difference at word {k}): --overwrite to replace the stage")
-    print(f"vocabulary after the plan's readout: {len(res.vocab) - cfg.vq.M - 1} words + {cfg.vq.M + 1} characters")
     llm, tok = signllm.load_llm(cfg.signllm, device)
     text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text, bos=False)})  # the target's tokens
     sigmas = cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float())
@@ -413,8 +369,8 @@ def stage_cra(cfg):
         history = fit(cfg, "cra", model, list(range(n * parts)), mmd_step, lambda m: {"loss": m.L_mmd().item()},
             lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0, epochs=1, max_steps=n, batch_size=parts, grad_clip=0,
             eval_every=max(n // 4, 1), ckpt_every=n, collate_fn=lambda items: {}, skipped=skipped)
-    if rank_world()[0] == 0:  # the stage is complete: now its vocabulary replaces the old one
-        engine.atomic_write(vocab_path, lambda p: cra.save_vocab(p, res))
+    if rank_world()[0] == 0:  # the stage is complete: its vocabulary replaces the old one only now
+        engine.atomic_write(os.path.join(out, "vocab.txt"), lambda p: cra.save_vocab(p, res))
     return history
 
 
@@ -502,18 +458,11 @@ STAGES = {"vq": stage_vq, "cra": stage_cra, "ft": stage_ft, "eval": stage_eval, 
 
 
 def main(argv):
-    """Run cfg.stage. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) one process per device
-    joins a process group (NCCL on GPUs, gloo on a CPU); every rank is seeded alike, prints are rank 0's."""
+    """Run cfg.stage; under torchrun in every process, seeded alike."""
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    ddp = "WORLD_SIZE" in os.environ and not dist.is_initialized()
-    if ddp:
-        if engine.device_of(cfg).type == "cuda":
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # "cuda" is this rank's GPU from here on
-        dist.init_process_group("nccl" if engine.device_of(cfg).type == "cuda" else "gloo")
-        if dist.get_rank() > 0:
-            sys.stdout = open(os.devnull, "w")  # one copy of each print; errors still reach stderr
+    ddp = engine.join_processes(engine.device_of(cfg))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

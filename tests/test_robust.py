@@ -260,7 +260,8 @@ def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
     words = [(c,) for c in range(9)] + [(0, 1), (2, 1, 3)]  # as many words as before, the last one another
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train.cra, "search", lambda seqs, c: train.cra.CRAResult(8, [0.0], 0, words, [1] * len(words)))
-        with pytest.raises(SystemExit, match=r"another vocabulary \(11 words, was 11; first difference at word 10\)"):
+        with pytest.raises(SystemExit, match=r"cra.word_chars differs .* first at row 10: checkpoint \[1, 2, 3\], "
+                                             r"now \[2, 1, 3\]"):
             train.main(["--stage=cra", "--resume"] + argv)
         assert (out / "cra" / "vocab.txt").read_text() == old  # compared first: the old vocabulary is kept
         train.main(["--stage=cra", "--overwrite"] + argv)
