@@ -132,7 +132,6 @@ class LLaMAConfig:
     vocab_size: int = 49152
     norm_eps: float = 1e-5
     rope_theta: float = 100000.0
-    max_seq_len: int = 8192
     tie_embeddings: bool = True
     bos_id: int = 1
     eos_id: int = 2
@@ -164,13 +163,12 @@ class LLaMAConfig:
                    n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
                    hidden_dim=c["intermediate_size"], vocab_size=c["vocab_size"],
                    norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=rope_theta,
-                   max_seq_len=c.get("max_position_embeddings", 4096),
                    tie_embeddings=c.get("tie_word_embeddings", False), bos_id=c.get("bos_token_id", 1),
                    eos_id=eos[0] if isinstance(eos, list) else eos)
 
 
 class LoRA(nn.Module):
-    """A low-rank adapter (LoRA, Hu et al. 2021) beside a frozen weight W: x W^T becomes x W^T + scale (x A^T) B^T."""
+    """A low-rank adapter (LoRA [32]) beside a frozen weight W: x W^T becomes x W^T + scale (x A^T) B^T."""
     def __init__(self, d_in, d_out, rank, alpha):
         super().__init__()
         self.A = nn.Parameter(torch.empty(rank, d_in).uniform_(-1, 1) / d_in ** 0.5)  # (r, in): nn.Linear's init
@@ -374,7 +372,8 @@ class LLaMA(nn.Module):
 
     def add_lora(self, rank=8, alpha=16):
         """Attach a LoRA adapter to each attention projection (wq, wk, wv, wo); return the module holding them all.
-        The caller registers, saves and trains it: this model's own parameters stay the frozen base weights."""
+        The caller registers, saves and trains it: this model's own parameters stay the frozen base weights.
+        Tab. 4's "Encoder + FT" fine-tunes via LoRA without a rank or targets: rank 8 on wq..wo is our choice."""
         lora = nn.ModuleList()
         for block in self.layers:
             lins = {name: getattr(block.attn, name) for name in ("wq", "wk", "wv", "wo")}
@@ -385,10 +384,8 @@ class LLaMA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load a Hugging Face folder: config.json and model.safetensors (or the shards its index lists).
-
-        Built on the meta device (no memory); each tensor is read once, straight into dtype; missing, unexpected,
-        duplicate and mis-shaped keys are errors naming the key and file."""
+        """Load a Hugging Face folder: config.json and model.safetensors (or the shards its index lists). Each tensor
+        is read once, into dtype; a missing, unexpected, duplicate or mis-shaped key is an error naming key and file."""
         cfg = LLaMAConfig.from_hf(path)
         with torch.device("meta"):
             model = cls(cfg)
@@ -423,7 +420,6 @@ class LLaMA(nn.Module):
 
 class Tokenizer:
     def __init__(self, path, bos_id, eos_id, add_bos=None):
-        """add_bos: whether encode() starts with BOS by default; None follows the tokenizer file."""
         self.path, self.bos_id, self.eos_id, self.spm = path, bos_id, eos_id, not path.endswith(".json")
         if self.spm:
             import sentencepiece
@@ -435,7 +431,7 @@ class Tokenizer:
             self.tok = HFTokenizer.from_file(path)
             self.vocab_size, self.token_id = self.tok.get_vocab_size(with_added_tokens=True), self.tok.token_to_id
             own_bos = self.tok.encode("").ids[:1] == [bos_id]  # a post-processor adds BOS (LLaMA-3; not SmolLM2)
-        self.add_bos = own_bos if add_bos is None else bool(add_bos)
+        self.add_bos = own_bos if add_bos is None else bool(add_bos)  # encode()'s default
 
     @classmethod
     def from_pretrained(cls, path):
@@ -455,7 +451,7 @@ class Tokenizer:
             piece = tc.get(f"{what}_token")  # a string, or {"content": string, ...}
             piece = piece["content"] if isinstance(piece, dict) else piece
             src, j = (tc_file, tok.token_id(piece)) if piece is not None else (tok.path, own.get(what, -1))
-            if not 0 <= i < tok.vocab_size or j not in (i, -1):
+            if i not in range(tok.vocab_size) or j not in (i, -1):
                 raise ValueError(f"{src}: the {what} token is {piece or what} (id {j}), but config.json's "
                                  f"{what}_token_id is {i} (tokenizer size {tok.vocab_size})")
         return tok

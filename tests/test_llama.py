@@ -284,29 +284,8 @@ def test_malformed_headers_and_indexes_name_the_file(tmp_path):
         assert os.path.join(path, "model") in str(e.value), e.value
 
 
-def train_spm(folder, text, **ids):
-    spm = pytest.importorskip("sentencepiece")
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(folder / "tokenizer"), vocab_size=40,
-                                   unk_id=0, pad_id=-1, minloglevel=2, **{"bos_id": 1, "eos_id": 2, **ids})
-
-
-def test_tokenizer_vocab_mismatch_and_sentencepiece_roundtrip(tmp_path):
-    spm = pytest.importorskip("sentencepiece")
-    text = ["the weather tomorrow will be sunny in the north", "rain and snow in the south on monday",
-            "strong wind on the coast tonight", "temperatures between five and twelve degrees"] * 20
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(tmp_path / "tokenizer"),
-                                   vocab_size=40, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "vocab_size": 40, "bos_token_id": 1, "eos_token_id": 2}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    tok = Tokenizer.from_pretrained(str(tmp_path))
-    s = "rain in the north tomorrow"
-    ids = tok.encode(s, bos=True, eos=True)
-    assert ids[0] == 1 and ids[-1] == 2 and tok.decode(ids[1:]) == s
-    cfg["vocab_size"] = 30
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="tokenizer has 40 tokens but config.json vocab_size is 30"):
-        Tokenizer.from_pretrained(str(tmp_path))
+# ------------------------------------------------------------------------------------------------------------------
+# Tokenizers and configs
 
 
 WEATHER = ["the weather tomorrow will be sunny in the north", "rain and snow in the south on monday",
@@ -322,6 +301,22 @@ def write_folder(folder, config=None, tokenizer_config=None):
     elif (folder / "tokenizer_config.json").exists():
         (folder / "tokenizer_config.json").unlink()
     return str(folder)
+
+
+def train_spm(folder, text, **ids):
+    spm = pytest.importorskip("sentencepiece")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(folder / "tokenizer"), vocab_size=40,
+                                   unk_id=0, pad_id=-1, minloglevel=2, **{"bos_id": 1, "eos_id": 2, **ids})
+
+
+def test_tokenizer_vocab_mismatch_and_sentencepiece_roundtrip(tmp_path):
+    train_spm(tmp_path, WEATHER)
+    tok = Tokenizer.from_pretrained(write_folder(tmp_path))
+    s = "rain in the north tomorrow"
+    ids = tok.encode(s, bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and tok.decode(ids[1:]) == s
+    with pytest.raises(ValueError, match="tokenizer has 40 tokens but config.json vocab_size is 30"):
+        Tokenizer.from_pretrained(write_folder(tmp_path, {"vocab_size": 30}))
 
 
 def hf_word_tokenizer(folder, bos_template=False):
