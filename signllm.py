@@ -126,7 +126,7 @@ class SignLLM(nn.Module):
         self.lora = llm.add_lora(cfg.lora_rank) if cfg.lora_rank else None
         text = tok.chat(cfg.prompt.format(language=cfg.language, sign="\0"))
         before, after = text.split("\0")  # the opening gets BOS where the tokenizer's convention says so
-        self.prompt_before = tok.encode(before, bos=getattr(tok, "add_bos", False))
+        self.prompt_before = tok.encode(before, bos=tok.add_bos)
         self.prompt_after = tok.encode(after, bos=False)
         if cfg.lambda_mmd and cfg.tokens == "features":
             raise ValueError("tokens=features (encoder only) has no token codebook for L_MMD: set lambda_mmd=0")
