@@ -50,7 +50,8 @@ def test_every_row_tiny(tmp_path):
     root, out, llm = str(tmp_path / "data"), str(tmp_path / "report"), str(tmp_path / "llm")
     data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
-    text = report.main([f"--out={out}", "--random_layers=1", *TINY, *FAST, f"--data.root={root}", f"--llm={llm}"])
+    text = report.main([f"--out={out}", "--random_layers=1", *TINY, *FAST, "--vq.M=40", f"--data.root={root}",
+                        f"--llm={llm}"])  # M: a character for each of the oracle's 39 glosses and rest
     out = os.path.join(out, "seed1337")  # one seed: the cells are that seed's numbers
     # the table: one line per row, its numbers those of the row's own eval
     for key, name, *_ in report.ROWS:
