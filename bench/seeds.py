@@ -112,6 +112,8 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = train.parse_args(settings)  # type-checked here, before hours of training
     os.makedirs(args.out, exist_ok=True)
+    if cfg.make_synthetic and not os.path.exists(cfg.data.root):  # once, here: the seeds' processes would race
+        data.make_synthetic(cfg.data.root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
     todo = [s for s in seeds if not os.path.exists(os.path.join(args.out, str(s), "eval", "metrics.json"))]
     running, t0 = [], time.time()
     while todo or running:
