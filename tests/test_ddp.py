@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
 
 
 def test_vq_two_processes_match_grad_accum(tiny, tmp_path):
-    args = ["--stage=vq", f"--data.root={tiny}", "--vq.width=4", "--vq.d=16", "--vq.M=8", "--vq_batch_size=4",
+    args = ["--stage=vq", f"--data.root={tiny}", "--vq.width=4", "--vq.d=16", "--vq.M=32", "--vq_batch_size=4",
             "--vq_max_steps=6", "--vq_ckpt_every=3", "--vq_eval_every=3", "--vq_warmup=2", "--vq.reseed_every=2",
             "--num_workers=0", "--threads=1"]
     one = train.main(args + [f"--out_dir={tmp_path / 'one'}", "--grad_accum=2"])
