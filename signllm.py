@@ -5,16 +5,11 @@
            --frozen LLaMA--> translation
 
 Training (Sec. 3.4): L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim, L_sim the teacher-forced cross-entropy of the
-target text; gradients go through the frozen LLM to W. Inference: greedy or beam search with the LLM's KV cache.
-`from_checkpoint` loads a trained model, as nanoGPT's `GPT.from_pretrained`.
-
-    python signllm.py --ckpt out/ft path/to/video_or_frame_folder ...   # translate a user's own videos
-"""
+target text, its gradient going through the frozen LLM to W. Inference: greedy or beam search with a KV cache.
+`from_checkpoint` is nanoGPT's `from_pretrained`; `python signllm.py --ckpt out/ft VIDEO_OR_FRAMES ...` translates."""
 import argparse
 import dataclasses
 import os
-import sys
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -27,7 +22,7 @@ from llama import KVCache, LLaMA, Tokenizer, smollm2
 from vq import VQConfig, VQSign
 
 
-@dataclass
+@dataclasses.dataclass
 class SignLLMConfig:
     llm: str = ""                # a Hugging Face LLaMA folder; "" = the embedded SmolLM2-135M-Instruct
     language: str = "English"    # the target language the prompt asks for
@@ -171,11 +166,9 @@ class SignLLM(nn.Module):
         embeds, mask, starts = self.prompt_embeds(W, W_mask, targets, opening=not cached)
         cache = self.prefix(W.shape[0], embeds.shape[1]) if cached else None
         h = self.llm(embeds=embeds, attn_mask=mask, cache=cache, hidden=True)  # (B, T, dim): logits only where needed
-        pos = torch.cat([torch.arange(s - 1, s - 1 + len(t)) for s, t in zip(starts, targets)]).to(W.device)
-        row = torch.cat([torch.full((len(t),), b) for b, t in enumerate(targets)]).to(W.device)
-        logits = self.llm.lm_head(h[row, pos])  # (n_target_tokens, V): position p predicts token p + 1
+        h = torch.cat([h[b, s - 1:s - 1 + len(t)] for b, (s, t) in enumerate(zip(starts, targets))])  # p predicts p + 1
         gold = torch.tensor([i for t in targets for i in t], device=W.device)
-        return F.cross_entropy(logits.float(), gold)
+        return F.cross_entropy(self.llm.lm_head(h).float(), gold)  # logits (n_target_tokens, V)
 
     def L_mmd(self, S_w=None):
         """Eq. 6 against the frozen LLM's input embeddings: characters and words (characters alone for tokens=chars)."""
@@ -253,7 +246,7 @@ def from_checkpoint(folder, vq_cfg=None, cfg=None, device="cpu"):
     """A trained SignLLM from a training output folder (out/ft, or out/cra) -> (model, the checkpoint's config dict);
     configs default to the checkpoint's. Parts that ft creates (Table 3's decoder, LoRA) start fresh in a cra one."""
     meta, tensors = engine.read(folder, "best")
-    saved = meta["config"]
+    saved = meta["config"]  # the configs it was trained with
     vq_cfg = vq_cfg or VQConfig(**saved["vq"])
     cfg = cfg or SignLLMConfig(**saved["signllm"])
     model = build(vq_cfg, cfg, *load_llm(cfg, device), tensors).to(device)
@@ -279,7 +272,7 @@ def main(argv=None):
         try:
             batch = data.collate([data.SignDataset([sample], data_cfg, train=False)[0]])
         except data.DataError as e:
-            sys.exit(f"error: {e}")
+            raise SystemExit(f"error: {e}")
         print(f"{path}\t{model.translate(batch['frames'], batch['clip_mask'], beams=args.beams)[0]}")
 
 
