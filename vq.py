@@ -107,14 +107,14 @@ def clip_mask_of(m, T=None):
 
 
 class VisualEncoder(nn.Module):
-    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d). Two Conv3Ds (5, 3, 3), stride (2, 1, 1), over the whole
-    sequence (4T + 9 -> 2T + 3 -> T frames) give z_t from clip t alone and run the ResNet once per frame."""
+    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d), ResNet18 once per frame, then two Conv3Ds."""
 
     def __init__(self, width, d, center=False):
         super().__init__()
         self.center = center
         self.resnet = ResNet18(width)
-        self.conv3d = nn.Sequential(nn.Conv3d(8 * width, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)), nn.ReLU(),  # our guess
+        # over the whole sequence, 4T + 9 -> 2T + 3 -> T frames: z_t sees clip t alone. The layout is our guess
+        self.conv3d = nn.Sequential(nn.Conv3d(8 * width, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)), nn.ReLU(),
                                     nn.Conv3d(d, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)))
         self.norm = nn.BatchNorm1d(d, affine=False)  # not in the paper: standardized z rules out all z_t equal
 
@@ -137,22 +137,20 @@ class VisualEncoder(nn.Module):
 
 class ContextGRU(nn.Module):
     """g, a ConvGRU with a (1, 1) kernel (Sec. 4.1), on our pooled 1 x 1 maps a GRU (torch's: reset gate after W_hn h).
-    CRA runs the same g over a word's character embeddings."""
+    x (B, L, d), mask (B, L) bool or lengths (B,) -> c (B, L, d), 0 where padded. CRA runs it over words' characters."""
 
     def __init__(self, d):
         super().__init__()
         self.gru = nn.GRU(d, d, batch_first=True)
 
     def forward(self, x, mask):
-        """x (B, L, d), mask (B, L) bool or lengths (B,) -> c (B, L, d), zero at the (trailing) padded steps."""
         c, _ = self.gru(x)  # (B, L, d); causal: padding never reaches a valid step
         return c * clip_mask_of(mask, x.shape[1])[..., None].to(c.dtype)
 
 
 def context_prediction(z, c, clip_mask, W, lam, same_video=False):
-    """L_cp = sum_k L_k^cp (Eq. 1), h_tau = W_k c_tau: the positive z_{tau+k} against the exact mean over every other
-    valid clip of the batch (or, same_video, of its video: wav2vec's p_n). Metrics: cp_acc, positives above every
-    negative (chance: cp_chance); cp_beaten, negatives below it (chance 0.5)."""
+    """L_cp = sum_k L_k^cp (Eq. 1), h_tau = W_k c_tau: z_{tau+k} against the mean over other valid clips (same_video:
+    its video's, wav2vec's p_n). cp_acc: positive above all negatives (chance: cp_chance); cp_beaten: chance 0.5."""
     pool = z[clip_mask]  # (V, d) every valid clip of the minibatch
     video = clip_mask.nonzero()[:, 0]  # (V,) video of each pool row
     row = (torch.cumsum(clip_mask.flatten(), 0) - 1).view(clip_mask.shape)  # (B, T) row of z[b, t] in pool
@@ -210,8 +208,7 @@ class VQSign(nn.Module):
         self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center)  # E_v
         if cfg.resnet_weights:
             load_resnet18_weights(self.encoder.resnet, cfg.resnet_weights)
-        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d))  # S^c = {s_i}, random init (Sec. 3.2)
-        self.codebook.requires_grad_(cfg.quantizer == "vq")  # k-means centroids stay where k-means put them
+        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d), requires_grad=cfg.quantizer == "vq")  # S^c (Sec. 3.2)
         self.g = ContextGRU(cfg.d)
         self.W = nn.ModuleList(nn.Linear(cfg.d, cfg.d) for _ in range(cfg.K))  # W_k, one per future step k
         self.register_buffer("code_hits", torch.zeros(cfg.M))  # clips per code since the last re-seed check
@@ -238,8 +235,7 @@ class VQSign(nn.Module):
 
     @torch.no_grad()
     def reseed_dead_codes(self, z_valid):
-        """Not in the paper (cf. Jukebox's restarts): every reseed_every steps, unused codes become clip features of
-        this batch (rank 0's); returns how many."""
+        """Not in the paper (cf. Jukebox's restarts): every reseed_every steps unused codes become clip features."""
         self.steps_since_reseed += 1
         if self.config.reseed_every <= 0 or int(self.steps_since_reseed) < self.config.reseed_every:
             return 0
@@ -277,10 +273,8 @@ class VQSign(nn.Module):
     def tokenize_batch(self, frames, clip_mask):
         """Character tokens of a batch: one list of T_b codebook indices per video (eval mode, no gradient)."""
         was_training = self.training
-        try:
-            idx = self.eval().encode(frames, clip_mask)[2]
-        finally:
-            self.train(was_training)
+        idx = self.eval().encode(frames, clip_mask)[2]
+        self.train(was_training)
         return [row[row >= 0].tolist() for row in idx]
 
     def tokenize(self, frames):
