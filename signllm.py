@@ -4,22 +4,17 @@
            --S^w (words composed through g)--> f --> the sign sentence W, spliced into a text prompt
            --frozen LLaMA--> translation
 
-Training (Sec. 3.4): L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim, with L_sim the cross-entropy of the target text
-given the prompt and W (teacher forcing, target tokens only); the LLM's weights never change, gradients go through it
-to W. Inference: greedy or beam search with the LLM's KV cache. Building a model from configs and loading a trained
-one (`SignLLM.from_checkpoint`) live here, as nanoGPT's `GPT.from_pretrained`.
-
-    python signllm.py --ckpt out/ft path/to/video_or_frame_folder ...   # translate a user's own videos
-"""
+Training (Sec. 3.4): L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim, L_sim the teacher-forced cross-entropy of the
+target text, its gradient going through the frozen LLM to W. Inference: greedy or beam search with a KV cache.
+`from_checkpoint` is nanoGPT's `from_pretrained`; `python signllm.py --ckpt out/ft VIDEO_OR_FRAMES ...` translates."""
 import argparse
 import dataclasses
 import os
-import sys
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 import engine
 import cra
@@ -27,7 +22,7 @@ from llama import KVCache, LLaMA, Tokenizer, smollm2
 from vq import VQConfig, VQSign
 
 
-@dataclass
+@dataclasses.dataclass
 class SignLLMConfig:
     llm: str = ""                # a Hugging Face LLaMA folder; "" = the embedded SmolLM2-135M-Instruct
     language: str = "English"    # the target language the prompt asks for
@@ -38,13 +33,10 @@ class SignLLMConfig:
     lambda_sim: float = 1.0      # lambda_2 (Sec. 4.1)
     max_new_tokens: int = 40
     beams: int = 1               # 1 = greedy
-    prefix_cache: bool = True    # training: the prompt's fixed opening goes through the LLM once, its keys and values
-                                 # are reused every step (same L_sim, fewer tokens per step)
+    prefix_cache: bool = True    # training: the prompt's fixed opening goes through the LLM once (same L_sim)
     checkpoint_llm: bool = False  # recompute the LLM blocks' activations in backward: less memory, ~1/3 more compute
     # ablations (Tables 3-5 of the paper); the defaults are SignLLM itself
-    tokens: str = "words"        # words: CRA's word tokens (Sec. 3.3); chars: VQ-Sign's characters, one per clip,
-                                 # straight into f (Table 5 "w/o codebook reconstruction"); features: E_v's continuous
-                                 # z, no quantization and no L_VQ (Table 4 "encoder only")
+    tokens: str = "words"        # CRA's (Sec. 3.3); chars (Table 5 "w/o codebook reconstruction"); features (Table 4)
     decoder: str = "llm"         # llm: the frozen LLM; transformer: a small trainable one (Table 3 "w/o LLM")
     decoder_layers: int = 2      # encoder and decoder layers of that transformer
     lora_rank: int = 0           # > 0: LoRA of this rank on the LLM's attention projections (Table 4 "Encoder + FT")
@@ -52,10 +44,8 @@ class SignLLMConfig:
 
 
 class SmallTranslator(nn.Module):
-    """Table 3 "w/o LLM": a small encoder-decoder transformer (torch's layers, pre-norm), trained from scratch
-    in place of the frozen LLM, reading the same sign sentence W (without the text prompt). The paper uses mBART; ours
-    is a few layers. Its vocabulary: the LLM tokenizer's tokens of the training translations (CRA's text_ids) and
-    eos, as local ids 1.. (0 is the start token), with the output layer tied to its input embedding."""
+    """Table 3 "w/o LLM": a small pre-norm encoder-decoder transformer (the paper's: mBART), trained from scratch on W
+    without the prompt. Vocabulary: CRA's text_ids and eos as local ids 1.. (0: start); output layer tied to input."""
 
     def __init__(self, d, text_ids, eos_id, layers, max_len=1024):
         super().__init__()
@@ -65,8 +55,8 @@ class SmallTranslator(nn.Module):
         self.register_buffer("vocab", torch.tensor([-1] + ids))  # local id -> tokenizer id (0: start, no token)
         self.local = {t: i for i, t in enumerate(ids, 1)}
         self.embed, self.pos = nn.Embedding(len(ids) + 1, d), nn.Embedding(max_len, d)
-        for e in (self.embed, self.pos):  # N(0, 1/d), not torch's N(0, 1): the output layer is tied to the
-            nn.init.normal_(e.weight, std=d ** -0.5)  # embedding, and N(0, 1) gives logits of std ~sqrt(d)
+        for e in (self.embed, self.pos):  # N(0, 1/d): torch's N(0, 1) gives tied output logits of std ~sqrt(d)
+            nn.init.normal_(e.weight, std=d ** -0.5)
         layer = dict(d_model=d, nhead=4, dim_feedforward=2 * d, batch_first=True, norm_first=True)  # pre-norm
         self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), layers, norm=nn.LayerNorm(d),
                                          enable_nested_tensor=False)
@@ -87,28 +77,22 @@ class SmallTranslator(nn.Module):
         unknown = {t for tg in targets for t in tg} - set(self.local)
         if unknown:
             raise ValueError(f"target tokens {sorted(unknown)[:8]} are not in the small decoder's vocabulary")
-        T = max(len(t) for t in targets)
-        gold = torch.zeros(len(targets), T, dtype=torch.long, device=W.device)  # (B, T) local ids, 0 = padding
-        for b, t in enumerate(targets):
-            gold[b, :len(t)] = torch.tensor([self.local[i] for i in t])
+        gold = [torch.tensor([self.local[i] for i in t], device=W.device) for t in targets]
+        gold = pad_sequence(gold, batch_first=True)  # (B, T) local ids, 0 = padding
         y = F.pad(gold[:, :-1], (1, 0))  # (B, T): the start token, then the targets shifted right
         logits = self.decode(self.encode(W, W_mask), W_mask, y)
         return F.cross_entropy(logits[gold > 0].float(), gold[gold > 0])
 
-    @torch.no_grad()
     def generate(self, W, W_mask, max_new_tokens):
-        """Greedy decoding -> one list of tokenizer ids per video (eos excluded)."""
+        """Greedy decoding (under translate's no_grad) -> one list of tokenizer ids per video (eos excluded)."""
         memory = self.encode(W, W_mask)
         y = torch.zeros(W.shape[0], 1, dtype=torch.long, device=W.device)
         for _ in range(max_new_tokens):  # no cache: the whole prefix again at each step (a few layers, short text)
             logits = self.decode(memory, W_mask, y)[:, -1]  # (B, V)
             logits[:, 0] = float("-inf")  # the start token is never written
             y = torch.cat([y, logits.argmax(-1, keepdim=True)], 1)  # (B, t + 1)
-        out = []
-        for row in y[:, 1:].tolist():
-            row = row[:row.index(1)] if 1 in row else row  # local id 1 is eos
-            out.append(self.vocab[row].tolist())
-        return out
+        rows = [row[:row.index(1)] if 1 in row else row for row in y[:, 1:].tolist()]  # local id 1 is eos
+        return [self.vocab[row].tolist() for row in rows]
 
 
 class SignLLM(nn.Module):
@@ -120,62 +104,46 @@ class SignLLM(nn.Module):
         self.vq, self.cra, self.cfg = vq, cra, cfg
         self.decoder = (SmallTranslator(llm.cfg.dim, cra.text_ids.tolist(), tok.eos_id, cfg.decoder_layers)
                         if cfg.decoder == "transformer" else None)
-        # the LLM is frozen and comes from its own checkpoint: kept out of our modules, state dicts and optimizer
-        self.__dict__["llm"], self.__dict__["tok"] = llm, tok
-        # LoRA factors (Table 4 "Encoder + FT") are ours: trained and checkpointed, the base weights stay frozen
-        self.lora = llm.add_lora(cfg.lora_rank) if cfg.lora_rank else None
-        text = tok.chat(cfg.prompt.format(language=cfg.language, sign="\0"))
-        before, after = text.split("\0")  # the opening gets BOS where the tokenizer's convention says so
-        self.prompt_before = tok.encode(before, bos=tok.add_bos)
+        self.__dict__["llm"], self.__dict__["tok"] = llm, tok  # frozen, own checkpoint: not in our state or optimizer
+        self.lora = llm.add_lora(cfg.lora_rank) if cfg.lora_rank else None  # ours (Table 4): trained, checkpointed
+        before, after = tok.chat(cfg.prompt.format(language=cfg.language, sign="\0")).split("\0")
+        self.prompt_before = tok.encode(before, bos=tok.add_bos)  # BOS where the tokenizer's convention says so
         self.prompt_after = tok.encode(after, bos=False)
         if cfg.lambda_mmd and cfg.tokens == "features":
             raise ValueError("tokens=features (encoder only) has no token codebook for L_MMD: set lambda_mmd=0")
         if cfg.lambda_mmd and cra.text_ids.numel() == 0:
             raise ValueError("CRA holds no text token ids for L_MMD: run the cra stage first")
 
-    def sign_sentence(self, idx, S_w=None, z=None):
-        """Character tokens idx (B, T) (-1 = padding) -> W (B, L, llm dim) and its mask (B, L): Sec. 3.3's word
-        tokens, projected by f. S_w: the word codebook, if the caller has computed it already. Ablations: the
-        characters Z_hat themselves (tokens=chars) or the clip features z (B, T, d) (tokens=features), one per clip."""
+    def sign_sentence(self, idx, S_w=None, z=None, z_q=None):
+        """Character tokens idx (B, T) (-1 = padding) -> W (B, L, llm dim), mask (B, L): f of Sec. 3.3's words S_w[ids]
+        (given z_q, their straight-through values), or of the characters (chars) or clip features z (features)."""
+        if z_q is not None and self.cfg.tokens == "words":  # cra.occurrences: gradient to E_v too
+            W, mask = self.cra.occurrences(idx, z_q, self.vq.g)
+            return self.cra.f(W), mask  # (B, L, llm dim)
         if self.cfg.tokens == "features":
             return self.cra.f(z), idx >= 0  # (B, T, llm dim)
         if self.cfg.tokens == "chars":  # no repeat pre-processing either: that is CRA's first step
             return self.cra.f(self.vq.codebook[idx.clamp(min=0)]), idx >= 0  # (B, T, llm dim)
-        words = [self.cra.sentence(row[row >= 0].tolist()) for row in idx]
-        L = max(len(w) for w in words)
-        ids = torch.zeros(len(words), L, dtype=torch.long, device=idx.device)
-        mask = torch.zeros(len(words), L, dtype=torch.bool, device=idx.device)
-        for b, w in enumerate(words):
-            ids[b, :len(w)], mask[b, :len(w)] = torch.tensor(w, device=idx.device), True
+        words = [torch.tensor(self.cra.sentence(row[row >= 0].tolist()), dtype=torch.long) for row in idx]
+        ids = pad_sequence(words, batch_first=True, padding_value=-1).to(idx.device)  # (B, L) word ids, -1: padding
         S_w = self.cra.word_table(self.vq.codebook, self.vq.g) if S_w is None else S_w  # (n_words, d)
-        return self.cra.f(S_w[ids]), mask  # (B, L, llm dim)
+        return self.cra.f(S_w[ids.clamp(min=0)]), ids >= 0  # (B, L, llm dim)
 
     def prompt_embeds(self, W, W_mask, targets=None, opening=True):
-        """Per sample [prompt before | W | prompt after | target] as LLM input embeddings, padded (right for
-        training, left for generation) -> (embeds (B, T, dim), mask (B, T), index of the first target token).
-        opening=False leaves out "prompt before" (its keys and values come from `prefix`)."""
-        E = self.llm.tok_embeddings
-        dev = W.device
-        ids = lambda t: torch.tensor(t, dtype=torch.long, device=dev)  # noqa: E731  (may be empty)
-        before, after = E(ids(self.prompt_before)), E(ids(self.prompt_after))
-        rows, starts = [], []
-        for b in range(W.shape[0]):
-            parts = [before if opening else before[:0], W[b][W_mask[b]].to(before.dtype), after]
-            starts.append(sum(p.shape[0] for p in parts))
-            if targets is not None:
-                parts.append(E(ids(targets[b])))
-            rows.append(torch.cat(parts))  # (T_b, dim)
-        T = max(r.shape[0] for r in rows)
-        embeds = W.new_zeros(len(rows), T, before.shape[1], dtype=before.dtype)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool, device=dev)
-        for b, r in enumerate(rows):
-            sl = slice(0, r.shape[0]) if targets is not None else slice(T - r.shape[0], T)  # right / left padding
-            embeds[b, sl], mask[b, sl] = r, True
-        return embeds, mask, starts
+        """[prompt before (unless opening=False: see prefix) | W | prompt after | target] embedded per video, padded
+        right for training, left for generation -> (embeds (B, T, dim), mask (B, T), index of each first target)."""
+        embed = lambda ids: self.llm.tok_embeddings(torch.tensor(ids, dtype=torch.long, device=W.device))  # noqa: E731
+        before, after = embed(self.prompt_before if opening else []), embed(self.prompt_after)
+        rows = [torch.cat([before, W[b][W_mask[b]].to(before.dtype), after]) for b in range(len(W))]  # (T_b, dim)
+        starts = [len(r) for r in rows]
+        if targets is not None:
+            rows = [torch.cat([r, embed(t)]) for r, t in zip(rows, targets)]
+        side = "left" if targets is None else "right"
+        mask = [torch.ones(len(r), dtype=torch.bool, device=W.device) for r in rows]
+        return pad_sequence(rows, True, padding_side=side), pad_sequence(mask, True, padding_side=side), starts
 
     def prefix(self, B, T):
-        """A KV cache for B rows of T more positions, holding the keys and values of the prompt's opening (the same
-        for every video and, the LLM being frozen, for every step: computed once, without gradient)."""
+        """A KV cache for B rows of T more positions holding the prompt opening's keys and values (computed once)."""
         cfg, n, w = self.llm.cfg, len(self.prompt_before), self.llm.lm_head.weight
         if getattr(self, "_prefix_kv", None) is None or self._prefix_kv[0][0].device != w.device:
             c = KVCache(cfg, 1, n, w.device, w.dtype)
@@ -194,43 +162,32 @@ class SignLLM(nn.Module):
         if self.decoder is not None:
             return self.decoder.loss(W, W_mask, targets)
         # the cached opening holds no gradient: not with activation checkpointing or LoRA (whose factors it would need)
-        cached = self.cfg.prefix_cache and len(self.prompt_before) > 0 and not (self.llm.grad_checkpointing
-                                                                                 or self.lora)
+        cached = self.cfg.prefix_cache and bool(self.prompt_before) and not (self.llm.grad_checkpointing or self.lora)
         embeds, mask, starts = self.prompt_embeds(W, W_mask, targets, opening=not cached)
         cache = self.prefix(W.shape[0], embeds.shape[1]) if cached else None
         h = self.llm(embeds=embeds, attn_mask=mask, cache=cache, hidden=True)  # (B, T, dim): logits only where needed
-        pos = torch.cat([torch.arange(s - 1, s - 1 + len(t)) for s, t in zip(starts, targets)]).to(W.device)
-        row = torch.cat([torch.full((len(t),), b) for b, t in enumerate(targets)]).to(W.device)
-        logits = self.llm.lm_head(h[row, pos])  # (n_target_tokens, V): position p predicts token p + 1
+        h = torch.cat([h[b, s - 1:s - 1 + len(t)] for b, (s, t) in enumerate(zip(starts, targets))])  # p predicts p + 1
         gold = torch.tensor([i for t in targets for i in t], device=W.device)
-        return F.cross_entropy(logits.float(), gold)
+        return F.cross_entropy(self.llm.lm_head(h).float(), gold)  # logits (n_target_tokens, V)
 
     def L_mmd(self, S_w=None):
-        """Eq. 6 against the frozen LLM's input embeddings: characters and words, or characters alone when they are
-        what the LLM reads (tokens=chars)."""
+        """Eq. 6 against the frozen LLM's input embeddings: characters and words (characters alone for tokens=chars)."""
         E = self.llm.tok_embeddings.weight
         return self.cra.mmd_loss(self.vq.codebook, self.vq.g, E, S_w, words=self.cfg.tokens == "words")
 
     def forward(self, batch):
-        """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics). No L_VQ with k-means codes
-        or continuous features (the ablations of Table 5 row 1 and Table 4 row 1), nor with the generator's units
-        as characters (DataConfig.oracle: batch["units"])."""
-        z, metrics, S_w = None, {}, None
+        """L_ft = L_VQ + lambda_1 L_MMD + lambda_2 L_sim (Sec. 3.4) -> (loss, metrics). No L_VQ with k-means codes or
+        continuous features (Table 5 row 1, Table 4 row 1), nor with the generator's units (DataConfig.oracle)."""
+        z, z_q, metrics, L_vq = None, None, {}, self.vq.codebook.new_zeros(())
         if "units" in batch:
-            idx, L_vq = batch["units"], self.vq.codebook.new_zeros(())
+            idx = batch["units"]
         elif self.vq.config.quantizer == "vq" and self.cfg.tokens != "features":
             L_vq, m, idx, z_q = self.vq(batch)  # Eq. 2
             metrics = {"L_VQ": L_vq.item(), "cp_acc": m["cp_acc"], "usage": m["usage"]}
         else:
             z, _, idx = self.vq.encode(batch["frames"], batch["clip_mask"])
-            L_vq = z.new_zeros(())
-        if self.cfg.tokens == "words":
-            S_w = self.cra.word_table(self.vq.codebook, self.vq.g)  # once per step: used by W and by L_MMD
-        if self.cfg.straight_through and self.cfg.tokens == "words" and "units" not in batch and z is None:
-            W, W_mask = self.cra.occurrences(idx, z_q, self.vq.g)  # the values of S_w[ids], gradient to E_v
-            W = self.cra.f(W)  # (B, L, llm dim)
-        else:
-            W, W_mask = self.sign_sentence(idx, S_w, z)
+        S_w = self.cra.word_table(self.vq.codebook, self.vq.g) if self.cfg.tokens == "words" else None  # W, L_MMD
+        W, W_mask = self.sign_sentence(idx, S_w, z, z_q if self.cfg.straight_through else None)
         L_sim = self.L_sim(W, W_mask, batch["text"])
         loss = L_vq + self.cfg.lambda_sim * L_sim
         metrics.update(L_sim=L_sim.item(), words=W_mask.sum(1).float().mean().item())
@@ -269,9 +226,7 @@ def load_llm(cfg, device):
 
 
 def build(vq_cfg, cfg, llm, tok, tensors=None):
-    """A SignLLM from its configs and a loaded LLM. Its CRA tables (vocabulary, word frequencies, the text token ids
-    of Eq. 6, RBF bandwidths) come from a checkpoint's tensors; without them (the encoder-only model) the vocabulary
-    is the bare characters, unused."""
+    """A SignLLM from configs and a loaded LLM; CRA's tables from a checkpoint's tensors (none: bare characters)."""
     M, t = vq_cfg.M, {k[10:]: v for k, v in (tensors or {}).items() if k.startswith("model.cra.")}
     vocab, freqs, text_ids, sigmas = [(c,) for c in range(M + 1)], [0] * (M + 1), [], []
     if "word_chars" in t:
@@ -288,11 +243,10 @@ def build(vq_cfg, cfg, llm, tok, tensors=None):
 
 
 def from_checkpoint(folder, vq_cfg=None, cfg=None, device="cpu"):
-    """A trained SignLLM from a training output folder (out/ft, or out/cra) -> (model, the checkpoint's config dict).
-    Without configs, those the checkpoint was trained with. Parts that fine-tuning creates (the small decoder of
-    Table 3, LoRA factors) start fresh when the checkpoint has none of them (a cra checkpoint)."""
+    """A trained SignLLM from a training output folder (out/ft, or out/cra) -> (model, the checkpoint's config dict);
+    configs default to the checkpoint's. Parts that ft creates (Table 3's decoder, LoRA) start fresh in a cra one."""
     meta, tensors = engine.read(folder, "best")
-    saved = meta["config"]
+    saved = meta["config"]  # the configs it was trained with
     vq_cfg = vq_cfg or VQConfig(**saved["vq"])
     cfg = cfg or SignLLMConfig(**saved["signllm"])
     model = build(vq_cfg, cfg, *load_llm(cfg, device), tensors).to(device)
@@ -316,10 +270,9 @@ def main(argv=None):
     for path in args.videos:
         sample = data.Sample(name=os.path.basename(path.rstrip("/")), text="", gloss=None, path=path)
         try:
-            ds = data.SignDataset([sample], data_cfg, train=False)
-            batch = data.collate([ds[0]])
+            batch = data.collate([data.SignDataset([sample], data_cfg, train=False)[0]])
         except data.DataError as e:
-            sys.exit(f"error: {e}")
+            raise SystemExit(f"error: {e}")
         print(f"{path}\t{model.translate(batch['frames'], batch['clip_mask'], beams=args.beams)[0]}")
 
 

@@ -1,8 +1,8 @@
 """VQ-Sign, the vector-quantized visual sign module of SignLLM (Sec. 3.2, implementation details in Sec. 4.1).
 
 frames --E_v--> z_t (one per 13-frame clip, stride 4) --nearest code of S^c--> z_hat_t --g--> c_tau --W_k--> h_tau,
-which picks z_{tau+k} out of the minibatch (Eq. 1); Eq. 2 adds the codebook terms. Layout: clip geometry ->
-ResNet18 -> VisualEncoder (E_v) -> ContextGRU (g) -> context_prediction -> VQConfig -> VQSign -> diagnostics.
+which picks z_{tau+k} out of the minibatch (Eq. 1); Eq. 2 adds the codebook terms. Layout: clip geometry -> ResNet18
+-> VisualEncoder (E_v) -> ContextGRU (g) -> context_prediction -> VQConfig -> VQSign -> diagnostics (and kmeans).
 Not in the paper, each for a failure we saw on the synthetic set (the reason is at the line): Eq. 2's norms averaged
 over d; z standardized by a BatchNorm; dead codes re-seeded; options, off by default: negatives="video", center=True."""
 from dataclasses import dataclass
@@ -45,9 +45,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = nn.Identity()  # torchvision's name: a strided 1x1 conv + BN where the shape changes
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else nn.Identity())  # torchvision's name
 
     def forward(self, x):
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.downsample(x))
@@ -72,8 +71,7 @@ class ResNet18(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (F, 8 width, H/32, W/32)
 
     def load_torchvision(self, sd, source="state dict"):
-        """Load a torchvision resnet18 state dict, accounting for every key: fc.* (the classifier) is skipped and
-        returned, an absent num_batches_tracked starts at 0, any other missing, extra or mis-shaped key raises."""
+        """A torchvision resnet18 state dict: fc.* is skipped and returned, an absent num_batches_tracked is 0."""
         ours = self.state_dict()
         skipped = sorted(k for k in sd if k in ("fc.weight", "fc.bias"))
         unexpected = sorted(set(sd) - set(ours) - set(skipped))
@@ -109,17 +107,16 @@ def clip_mask_of(m, T=None):
 
 
 class VisualEncoder(nn.Module):
-    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d). Two Conv3Ds (kernel (5, 3, 3), stride (2, 1, 1)) over the
-    whole sequence, 4T + 9 -> 2T + 3 -> T frames, give z_t from clip t alone and run the ResNet once per frame."""
+    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d), ResNet18 once per frame, then two Conv3Ds."""
 
     def __init__(self, width, d, center=False):
         super().__init__()
         self.center = center
         self.resnet = ResNet18(width)
-        self.conv3d = nn.Sequential(nn.Conv3d(8 * width, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)), nn.ReLU(),  # our guess
+        # over the whole sequence, 4T + 9 -> 2T + 3 -> T frames: z_t sees clip t alone. The layout is our guess
+        self.conv3d = nn.Sequential(nn.Conv3d(8 * width, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)), nn.ReLU(),
                                     nn.Conv3d(d, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)))
-        # Not in the paper: standardized z rules out Eq. 1-2's trivial minimum, all z_t equal (seen at lr 0.01)
-        self.norm = nn.BatchNorm1d(d, affine=False)
+        self.norm = nn.BatchNorm1d(d, affine=False)  # not in the paper: standardized z rules out all z_t equal
 
     def forward(self, frames, clip_mask):
         T, need = clip_mask.shape[1], padded_length(clip_mask.shape[1])
@@ -139,27 +136,24 @@ class VisualEncoder(nn.Module):
 
 
 class ContextGRU(nn.Module):
-    """g, a ConvGRU with a (1, 1) kernel (Sec. 4.1): on our pooled 1 x 1 maps a 1x1 convolution is a linear map, so g
-    is a GRU (torch's variant: reset gate after W_hn h). CRA runs the same g over a word's character embeddings."""
+    """g, a ConvGRU with a (1, 1) kernel (Sec. 4.1), on our pooled 1 x 1 maps a GRU (torch's: reset gate after W_hn h).
+    x (B, L, d), mask (B, L) bool or lengths (B,) -> c (B, L, d), 0 where padded. CRA runs it over words' characters."""
 
     def __init__(self, d):
         super().__init__()
         self.gru = nn.GRU(d, d, batch_first=True)
 
     def forward(self, x, mask):
-        """x (B, L, d), mask (B, L) bool or lengths (B,) -> c (B, L, d), zero at the (trailing) padded steps."""
         c, _ = self.gru(x)  # (B, L, d); causal: padding never reaches a valid step
         return c * clip_mask_of(mask, x.shape[1])[..., None].to(c.dtype)
 
 
 def context_prediction(z, c, clip_mask, W, lam, same_video=False):
-    """L_cp = sum_k L_k^cp (Eq. 1), h_tau = W_k c_tau: the positive z_{tau+k} against every other valid clip of the
-    batch, or with same_video of its own video (wav2vec's p_n). p_n is uniform, so E_{z~p_n} is their exact mean.
-    Metrics: cp_acc, positives above every negative (chance: cp_chance); cp_beaten, negatives below it (chance 0.5)."""
-    B, T, d = z.shape
+    """L_cp = sum_k L_k^cp (Eq. 1), h_tau = W_k c_tau: z_{tau+k} against the mean over other valid clips (same_video:
+    its video's, wav2vec's p_n). cp_acc: positive above all negatives (chance: cp_chance); cp_beaten: chance 0.5."""
     pool = z[clip_mask]  # (V, d) every valid clip of the minibatch
-    video = torch.arange(B, device=z.device)[:, None].expand(B, T)[clip_mask]  # (V,) video of each pool row
-    row = (torch.cumsum(clip_mask.flatten(), 0) - 1).view(B, T)  # (B, T) row of z[b, t] in pool
+    video = clip_mask.nonzero()[:, 0]  # (V,) video of each pool row
+    row = (torch.cumsum(clip_mask.flatten(), 0) - 1).view(clip_mask.shape)  # (B, T) row of z[b, t] in pool
     L_cp, hits, beaten, chance, n = z.new_zeros(()), 0, 0.0, 0.0, 0
     for k, W_k in enumerate(W, 1):
         valid = clip_mask[:, k:]  # (B, T - k): tau whose tau + k is inside the video
@@ -169,9 +163,8 @@ def context_prediction(z, c, clip_mask, W, lam, same_video=False):
         pos = row[:, k:][valid]  # (P,) row of z_{tau+k}
         s = h @ pool.t()  # (P, d) @ (d, V) -> (P, V): z~^T h_tau for every clip
         s_pos = s.gather(1, pos[:, None]).squeeze(1)  # (P,) z_{tau+k}^T h_tau
-        is_neg = torch.ones_like(s, dtype=torch.bool).scatter_(1, pos[:, None], False)  # (P, V)
-        if same_video:
-            is_neg &= video[None, :] == video[pos][:, None]
+        is_neg = video[None, :] == video[pos][:, None] if same_video else torch.ones_like(s, dtype=torch.bool)
+        is_neg.scatter_(1, pos[:, None], False)  # (P, V): every clip (of its video) but the positive
         n_neg = is_neg.sum(1)  # (P,) >= 1: a video with a positive has another clip
         neg = (F.logsigmoid(-s) * is_neg).sum(1) / n_neg  # E_{z~ ~ p_n} log sigma(-z~^T h_tau)
         L_cp = L_cp - (F.logsigmoid(s_pos) + lam * neg).mean()  # Eq. 1, mean over tau (the paper sums), sum over k
@@ -215,8 +208,7 @@ class VQSign(nn.Module):
         self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center)  # E_v
         if cfg.resnet_weights:
             load_resnet18_weights(self.encoder.resnet, cfg.resnet_weights)
-        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d))  # S^c = {s_i}, random init (Sec. 3.2)
-        self.codebook.requires_grad_(cfg.quantizer == "vq")  # k-means centroids stay where k-means put them
+        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d), requires_grad=cfg.quantizer == "vq")  # S^c (Sec. 3.2)
         self.g = ContextGRU(cfg.d)
         self.W = nn.ModuleList(nn.Linear(cfg.d, cfg.d) for _ in range(cfg.K))  # W_k, one per future step k
         self.register_buffer("code_hits", torch.zeros(cfg.M))  # clips per code since the last re-seed check
@@ -229,8 +221,7 @@ class VQSign(nn.Module):
             raise FloatingPointError(f"VQ-Sign: {int((~torch.isfinite(zv)).any(1).sum())} clip features z are NaN/inf "
                                      "(NaN in the frames, or a diverged encoder)")
         idx_v, _ = nearest_code(zv.detach().float().contiguous(), self.codebook.detach().float().contiguous())
-        z_hat = z.new_zeros(z.shape)
-        z_hat[clip_mask] = self.codebook[idx_v].to(z.dtype)  # a gather: gradient reaches the chosen codes only
+        z_hat = z.new_zeros(z.shape).index_put_((clip_mask,), self.codebook[idx_v].to(z.dtype))  # grad: chosen codes
         idx = torch.full(clip_mask.shape, -1, device=z.device).index_put_((clip_mask,), idx_v)  # (B, T), -1 at padding
         if self.training:
             self.code_hits += ddp_agree(torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype))
@@ -244,8 +235,7 @@ class VQSign(nn.Module):
 
     @torch.no_grad()
     def reseed_dead_codes(self, z_valid):
-        """Not in the paper, against codebook collapse (cf. Jukebox's random restarts): every `reseed_every` steps,
-        codes no clip chose become random clip features of this batch (rank 0's under torchrun); returns how many."""
+        """Not in the paper (cf. Jukebox's restarts): every reseed_every steps unused codes become clip features."""
         self.steps_since_reseed += 1
         if self.config.reseed_every <= 0 or int(self.steps_since_reseed) < self.config.reseed_every:
             return 0
@@ -259,8 +249,7 @@ class VQSign(nn.Module):
         return len(dead) if not dist.is_initialized() or dist.get_rank() == 0 else 0
 
     def forward(self, batch, reseed=True):
-        """A data.collate batch -> (L_VQ of Eq. 2, metrics, idx (B, T), z_q (B, T, d): the straight-through z_hat);
-        reseed=False skips the dead-code check."""
+        """A data.collate batch -> (L_VQ of Eq. 2, metrics, idx (B, T), z_q (B, T, d), the straight-through z_hat)."""
         cfg, clip_mask = self.config, clip_mask_of(batch["clip_mask"])
         z = self.encoder(batch["frames"], clip_mask)  # (B, T, d)
         reseeded = self.reseed_dead_codes(z.detach()[clip_mask]) if self.training and reseed else 0
@@ -277,18 +266,15 @@ class VQSign(nn.Module):
         return loss, dict(loss=loss.item(), L_cp=L_cp.item(), L_code=L_code.item(), L_commit=L_commit.item(), **cp,
                           usage=usage, perplexity=ppl, reseeded=reseeded), idx, z_q
 
-    def loss(self, batch, reseed=True):
-        """(L_VQ, metrics dict) of a batch."""
+    def loss(self, batch, reseed=True):  # (L_VQ, metrics)
         return self(batch, reseed)[:2]
 
     @torch.no_grad()
     def tokenize_batch(self, frames, clip_mask):
         """Character tokens of a batch: one list of T_b codebook indices per video (eval mode, no gradient)."""
         was_training = self.training
-        try:
-            idx = self.eval().encode(frames, clip_mask)[2]
-        finally:
-            self.train(was_training)
+        idx = self.eval().encode(frames, clip_mask)[2]
+        self.train(was_training)
         return [row[row >= 0].tolist() for row in idx]
 
     def tokenize(self, frames):

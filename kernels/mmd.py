@@ -3,34 +3,27 @@
 Eq. 6, biased estimate, with x = f(p) (n sign embeddings) and y = q (m text embeddings):
     MMD^2 = S(x, x) / n^2 + S(y, y) / m^2 - 2 S(x, y) / (n m),   S(a, b) = sum_ij k(a_i, b_j),
     k(a, b) = sum over sigmas of exp(-||a - b||^2 / (2 sigma^2))   (a sum of RBF kernels; the paper leaves k open).
-Saves: per pair sum with 3 sigmas, the reference writes ~12 and reads ~15 (n, m) fp32 matrices, some kept for
-autograd. The forward kernel sums k over a tile of distances in registers and writes one float per pair of tiles. The
-backward recomputes the tile instead of saving it, turns it into weights w_ij (dk/da_i = w_ij (a_i - b_j)), and adds
-its share to the gradients with atomics, chunk by chunk of features:
-    dS/da_i = (sum_j w_ij) a_i - (W b)_i        dS/db_j = (sum_i w_ij) b_j - (W^T a)_j
+Saves: with 3 sigmas the reference writes ~12 and reads ~15 (n, m) fp32 matrices per pair sum. The forward kernel sums
+a tile of k in registers and writes one float per pair of tiles; the backward recomputes the tile as weights w_ij
+(dk/da_i = w_ij (a_i - b_j)) and adds with atomics dS/da_i = (sum_j w_ij) a_i - (W b)_i, and dS/db_j likewise.
 Expected speed-up (fp32, n = m = 16384, D = 576, 3 sigmas, H100): the reference's forward moves ~87 GB of (n, m)
-matrices (26 ms at 3.35 TB/s) beside the 6 n m D FLOPs both do (14 ms at 67 TFLOP/s), so up to (26 + 14) / 14 = ~3x;
-little at D = 4096, where the FLOPs dominate. Left out for readability: S(x, x), S(y, y) could skip half their tiles.
-
-Precision: see common.dot_precision; W is rounded to tf32 for fp16/bf16 inputs. The tile partials are summed in
-float64, the gradients with atomics (their last bits can vary from run to run). NaN in x or y gives a NaN value.
+matrices (26 ms at 3.35 TB/s) beside the 6 n m D FLOPs both do (14 ms at 67 TFLOP/s): up to ~3x; little at D = 4096.
+Not done, for readability: S(x, x) and S(y, y) could skip half their tiles. Precision: common.launch (W is tf32 for
+fp16/bf16 inputs); partials are summed in float64, gradients with atomics (last bits vary run to run). NaN in: NaN out.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .common import check_inputs, check_launchable, dot_precision, pick_blocks, use_triton
-
-# ----------------------------------------------------------------------------- torch reference
+from .common import check_inputs, default_blocks, interpreting, launch, tile_dot
 
 def gammas_of(sigmas, device):
     """sigmas: positive floats, or a 1-D tensor of them (constants) -> gamma = 1 / (2 sigma^2), fp32 on device."""
     if isinstance(sigmas, torch.Tensor) and (sigmas.dim() != 1 or sigmas.requires_grad):
         raise ValueError(f"mmd: sigmas must be 1-D and constant, got {tuple(sigmas.shape)}, {sigmas.requires_grad=}")
-    sigmas = [float(s) for s in sigmas]
-    if not sigmas or not all(0.0 < s < float("inf") for s in sigmas):
+    if not len(sigmas) or not all(0.0 < float(s) < float("inf") for s in sigmas):
         raise ValueError(f"mmd: sigmas must be a non-empty list of positive finite numbers, got {sigmas}")
-    return torch.tensor([1.0 / (2.0 * s * s) for s in sigmas], dtype=torch.float32, device=device)
+    return torch.tensor([1.0 / (2.0 * s * s) for s in map(float, sigmas)], dtype=torch.float32, device=device)
 
 
 def mmd_ref(x, y, sigmas):
@@ -46,29 +39,6 @@ def mmd_ref(x, y, sigmas):
     return mean_k(x, x) + mean_k(y, y) - 2.0 * mean_k(x, y)  # Eq. 6
 
 
-# ----------------------------------------------------------------------------- Triton kernels
-
-@triton.jit
-def _sq_dists(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(BLOCK_N, BLOCK_M) tile of ||a_i - b_j||^2 = ||a_i||^2 + ||b_j||^2 - 2 a_i.b_j, one read of each input tile."""
-    a_row = a_ptr + rows.to(tl.int64)[:, None] * D  # (BLOCK_N, 1)
-    b_col = b_ptr + cols.to(tl.int64)[None, :] * D  # (1, BLOCK_M)
-    ab = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    a2 = tl.zeros((BLOCK_N,), tl.float32)
-    b2 = tl.zeros((BLOCK_M,), tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < D  # masks the tail when D is not a multiple of BLOCK_K
-        a = tl.load(a_row + ks[None, :], mask=(rows < n_a)[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_K)
-        b = tl.load(b_col + ks[:, None], mask=k_ok[:, None] & (cols < n_b)[None, :], other=0.0)  # (BLOCK_K, BLOCK_M)
-        a, b = a.to(tl.float32), b.to(tl.float32)
-        ab = tl.dot(a, b, ab, input_precision=PRECISION)  # (BLOCK_N, BLOCK_K) @ (BLOCK_K, BLOCK_M)
-        a2 += tl.sum(a * a, axis=1)
-        b2 += tl.sum(b * b, axis=0)
-    return a2[:, None] + b2[None, :] - 2.0 * ab
-
-
 @triton.jit
 def mmd_fwd_kernel(a_ptr, b_ptr, gamma_ptr, partial_ptr, n_a, n_b, D, num_sigmas,
                    PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -76,7 +46,8 @@ def mmd_fwd_kernel(a_ptr, b_ptr, gamma_ptr, partial_ptr, n_a, n_b, D, num_sigmas
     pid_i, pid_j = tl.program_id(0), tl.program_id(1)
     rows = pid_i * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_j * BLOCK_M + tl.arange(0, BLOCK_M)
-    d2 = _sq_dists(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K)
+    ab, a2, b2 = tile_dot(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K)
+    d2 = a2[:, None] + b2[None, :] - 2.0 * ab  # ||a_i - b_j||^2
     k = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for s in range(num_sigmas):
         k += tl.exp(-tl.load(gamma_ptr + s) * d2)  # Eq. 6's k: sum over sigmas of exp(-||a - b||^2 / (2 sigma^2))
@@ -92,7 +63,8 @@ def mmd_bwd_kernel(a_ptr, b_ptr, gamma_ptr, g_ptr, ga_ptr, gb_ptr, scale, n_a, n
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok, col_ok = rows < n_a, cols < n_b
-    d2 = _sq_dists(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K)  # recomputed
+    ab, a2, b2 = tile_dot(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION, BLOCK_N, BLOCK_M, BLOCK_K)
+    d2 = a2[:, None] + b2[None, :] - 2.0 * ab  # ||a_i - b_j||^2, recomputed
     w = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for s in range(num_sigmas):
         gamma = tl.load(gamma_ptr + s)
@@ -114,39 +86,29 @@ def mmd_bwd_kernel(a_ptr, b_ptr, gamma_ptr, g_ptr, ga_ptr, gb_ptr, scale, n_a, n
             tl.atomic_add(gb_ptr + cols.to(tl.int64)[:, None] * D + ks[None, :], gb, mask=b_mask)
 
 
-# ----------------------------------------------------------------------------- wrapper
-
 def _pair_sum(a, b, gammas, blocks, partial=None):
     """S(a, b) = sum_ij k(a_i, b_j) as a float64 0-d tensor. partial: an optional fp32 buffer of one float per pair
     of tiles, (cdiv(n_a, BN), cdiv(n_b, BM)); the kernel overwrites every entry (the tests poison it first)."""
-    check_launchable(mmd_fwd_kernel)
     grid = (triton.cdiv(a.shape[0], blocks.n), triton.cdiv(b.shape[0], blocks.m))
     partial = torch.empty(grid, dtype=torch.float32, device=a.device) if partial is None else partial
-    assert partial.shape == grid and partial.dtype == torch.float32 and partial.is_contiguous()
-    mmd_fwd_kernel[grid](a, b, gammas, partial, a.shape[0], b.shape[0], a.shape[1], gammas.numel(),
-                         PRECISION=dot_precision(a, b), BLOCK_N=blocks.n, BLOCK_M=blocks.m, BLOCK_K=blocks.k,
-                         num_warps=blocks.num_warps)
+    launch(mmd_fwd_kernel, grid, blocks, a, b, gammas, partial, a.shape[0], b.shape[0], a.shape[1], gammas.numel())
     return partial.sum(dtype=torch.float64)
 
 
 def _pair_grad(a, b, gammas, g, scale, ga, gb, blocks):
     """ga += g scale dS(a, b)/da (ga None: skip), gb += g scale dS(a, b)/db (gb None: skip); fp32 buffers."""
-    check_launchable(mmd_bwd_kernel)
     grid = (triton.cdiv(a.shape[0], blocks.n), triton.cdiv(b.shape[0], blocks.m))
-    mmd_bwd_kernel[grid](a, b, gammas, g, ga if ga is not None else a, gb if gb is not None else b, scale,
-                         a.shape[0], b.shape[0], a.shape[1], gammas.numel(), GRAD_A=ga is not None,
-                         GRAD_B=gb is not None, PRECISION=dot_precision(a, b), BLOCK_N=blocks.n, BLOCK_M=blocks.m,
-                         BLOCK_K=blocks.k, num_warps=blocks.num_warps)
+    launch(mmd_bwd_kernel, grid, blocks, a, b, gammas, g, a if ga is None else ga, b if gb is None else gb, scale,
+           a.shape[0], b.shape[0], a.shape[1], gammas.numel(), GRAD_A=ga is not None, GRAD_B=gb is not None)
 
 
 class MMD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, gammas, blocks):
-        n, m = x.shape[0], y.shape[0]
         ctx.save_for_backward(x, y, gammas)
         ctx.blocks = blocks
         s_xx, s_yy, s_xy = (_pair_sum(a, b, gammas, blocks) for a, b in ((x, x), (y, y), (x, y)))
-        return (s_xx / n**2 + s_yy / m**2 - 2.0 * s_xy / (n * m)).float()  # Eq. 6
+        return (s_xx / len(x)**2 + s_yy / len(y)**2 - 2.0 * s_xy / (len(x) * len(y))).float()  # Eq. 6
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -168,6 +130,6 @@ def mmd(x, y, sigmas, blocks=None):
     check_inputs("mmd", x, "x", y, "y")
     if x.shape[0] == 0:
         raise ValueError("mmd: x has no rows")
-    if not use_triton(x):
+    if not (x.is_cuda or interpreting()):  # CPU tensors take the reference, unless TRITON_INTERPRET=1
         return mmd_ref(x, y, sigmas)
-    return MMD.apply(x, y, gammas_of(sigmas, x.device), pick_blocks("mmd", blocks))
+    return MMD.apply(x, y, gammas_of(sigmas, x.device), blocks or default_blocks())
