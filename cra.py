@@ -1,9 +1,10 @@
 """Codebook Reconstruction and Alignment, Sec. 3.3: from VQ-Sign's character-level sign tokens to word-level ones.
 
-Repeat pre-processing (s0), candidate words from byte-pair encoding, and the codebook search of VOLT [65]: for each
-size, `transport` (Eq. 5, solved by `sinkhorn`) lets the candidates compete for the characters they share, Eq. 4 on
-its plan gives the size's entropy, and the readout drops the candidates the plan starves. Then `segment`, and
-`SignTokens`: s0, the word codebook S^w composed through g, the projection f and L_MMD (Eq. 6).
+Map: 1. repeat pre-processing (s0); 2. candidate words from BPE; 3. `sinkhorn`; 4. `transport` (Eq. 5) and Eq. 4
+for one codebook size, and `search`, VOLT's [65] search over sizes; 5. `segment`; the vocabulary file; 6. `SignTokens`:
+s0, the word codebook S^w composed through g, the projection f and L_MMD (Eq. 6).
+Ours, not the paper's: Eq. 5's word marginal is KL-relaxed (tau); the readout's keep_ratio; the size rule "muv"
+(VOLT's marginal utility; "eq4" is the paper's); the MMD bandwidths; straight-through word tokens for E_v.
 
 Character ids 0..M-1 are VQ-Sign's codebook indices (s_1..s_M); s0 is id M. A vocabulary starts with these M + 1
 single characters (word id c = character c), so every pre-processed sequence can be segmented.
@@ -12,13 +13,12 @@ import heapq
 import itertools
 import math
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kernels.mmd import mmd
 
@@ -42,29 +42,27 @@ class CRAConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. pre-processing of repeated characters
 
-
 def runs(seq):
     """[(token, run length)] of a sequence, e.g. [1, 1, 1, 2] -> [(1, 3), (2, 1)]."""
     return [(t, len(list(g))) for t, g in itertools.groupby(seq)]
 
 
 def repeat_alpha(seq):
-    """alpha: the average length of the runs that repeat (length > 1), None when none does (single tokens as runs of
-    1 would pull alpha below 2 and mark every doubled token as slow; the paper leaves this open)."""
+    """alpha: the mean length of the runs longer than 1, None if there are none (the paper leaves this open)."""
     lengths = [n for _, n in runs(seq) if n > 1]
     return sum(lengths) / len(lengths) if lengths else None
 
 
 def preprocess(seq, n_chars, positions=False):
-    """Collapse each run to its first token; a run longer than alpha is followed by s0 = n_chars: [s1, s1, s1] ->
-    [s1, s0] when alpha < 3 (the paper's example); a run of exactly alpha tokens gets no s0."""
+    """Each run collapsed to its first token, followed by s0 = n_chars if longer than alpha: [s1, s1, s1] -> [s1, s0]
+    when alpha < 3 (the paper's example). positions=True also returns where each token comes from in seq (s0: -1)."""
     for pos, t in enumerate(seq):
         if not (isinstance(t, (int, np.integer)) and 0 <= t < n_chars):
             raise ValueError(f"token {t!r} at position {pos} is not a VQ index in [0, {n_chars})")
     alpha, out, pos, start = repeat_alpha(seq), [], [], 0
     for t, n in runs(seq):
         out.append(int(t))
-        pos.append(start)  # positions=True: where each character of out comes from in seq (s0: -1)
+        pos.append(start)
         if alpha is not None and n > alpha:
             out.append(n_chars)  # s0, the "slowing down" sign
             pos.append(-1)
@@ -75,44 +73,27 @@ def preprocess(seq, n_chars, positions=False):
 # ----------------------------------------------------------------------------------------------------------------------
 # 2. candidate words: byte-pair-encoding merges (Gage 1994 [23]; Sennrich et al. 2016), the candidates VOLT [65] uses
 
-
 def _merge_pair(w, pair, new):
-    """Replace non-overlapping occurrences of `pair`, left to right, by `new`; also return the change of the
-    adjacent-pair counts, from the merge sites only (when two merges touch, "a b a b" -> "ab ab", their shared pair
-    is counted once)."""
+    """w with the non-overlapping occurrences of `pair`, left to right, replaced by `new`."""
     a, b = pair
-    out, delta, i, n = [], Counter(), 0, len(w)
+    out, i = [], 0
     while True:
         try:
             j = w.index(a, i)  # next candidate site (list.index runs in C)
         except ValueError:
-            break
-        if j + 1 == n or w[j + 1] != b:
+            return out + w[i:]
+        if j + 1 < len(w) and w[j + 1] == b:
+            out += w[i:j] + [new]
+            i = j + 2
+        else:
             out += w[i:j + 1]
             i = j + 1
-            continue
-        out += w[i:j]
-        delta[pair] -= 1
-        if out:  # left neighbour: the old pair is gone unless a merge right before already removed it
-            if not (i == j and out[-1] == new):
-                delta[(w[j - 1], a)] -= 1
-            delta[(out[-1], new)] += 1
-        if j + 2 < n:  # right neighbour: the new pair is added here unless the next merge adds it as its left
-            delta[(b, w[j + 2])] -= 1
-            if not (j + 3 < n and w[j + 2] == a and w[j + 3] == b):
-                delta[(new, w[j + 2])] += 1
-        out.append(new)
-        i = j + 2
-    return out + w[i:], delta
 
 
 def bpe_candidates(seqs, max_candidates, min_count=2):
-    """[(characters, count)] in merge order: each merge of the most frequent adjacent pair makes one candidate; count
-    is how often the merge was applied. Sign sequences have no spaces: merges may cross word boundaries.
-
-    Pair counts are updated around the merge sites only. The heap holds, for every pair, an entry at least as large
-    as its count: a popped entry that is too large is re-queued. Ties go to the smaller pair: deterministic.
-    """
+    """[(characters, count)] in merge order: each merge of the most frequent adjacent pair (the smaller on ties) makes
+    a candidate, counted as often as it applied. Sign sequences have no spaces: merges may cross word boundaries.
+    Pairs are recounted in the sequences a merge changes only; the heap holds an entry >= each pair's count."""
     words = [list(s) for s in seqs]                  # each sequence as a list of symbol ids, chars first
     spell = {c: (c,) for w in words for c in w}      # symbol id -> its characters
     pair_count, where = Counter(), defaultdict(set)  # pair -> occurrences; pair -> sequences holding it
@@ -122,8 +103,7 @@ def bpe_candidates(seqs, max_candidates, min_count=2):
             where[p].add(k)
     heap = [(-n, p) for p, n in pair_count.items()]
     heapq.heapify(heap)
-    new = max(spell, default=-1) + 1
-    out = {}                                         # characters -> count, in merge order
+    new, out = max(spell, default=-1) + 1, {}        # out: characters -> count, in merge order
     while heap and len(out) < max_candidates:
         n, pair = heapq.heappop(heap)
         if -n != pair_count[pair]:  # stale entry: the count fell since it was pushed; queue the current count
@@ -134,11 +114,12 @@ def bpe_candidates(seqs, max_candidates, min_count=2):
             break
         applied = 0
         for k in where.pop(pair):  # the order does not matter: each sequence's change is its own
-            w = words[k]
-            merged, delta = _merge_pair(w, pair, new)
+            w, merged = words[k], _merge_pair(words[k], pair, new)
             if len(merged) == len(w):
                 continue  # stale index entry
             applied += len(w) - len(merged)
+            delta = Counter(zip(merged, merged[1:]))
+            delta.subtract(zip(w, w[1:]))  # the change of this sequence's pair counts
             for p, d in delta.items():
                 pair_count[p] += d
                 if d > 0:  # a count that rises needs a new heap entry; one that falls is fixed when popped
@@ -152,19 +133,16 @@ def bpe_candidates(seqs, max_candidates, min_count=2):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 5. (used by the search) segmentation: greedy longest match over a trie of the vocabulary
-
-_END = -1  # trie key holding the word id that ends at a node (character ids are >= 0)
-
+# 5. (used by the search) segmentation: greedy longest match (WordPiece's rule) over a trie of the vocabulary
 
 def build_trie(vocab):
-    """Nested dicts, one level per character; node[_END] = word id of the word ending there."""
+    """Nested dicts, one level per character; node[None] = the id of the word ending there."""
     trie = {}
     for wid, word in enumerate(vocab):
         node = trie
         for c in word:
             node = node.setdefault(c, {})
-        node[_END] = wid
+        node[None] = wid
     return trie
 
 
@@ -175,8 +153,8 @@ def _longest_match(seq, trie):
         while j < len(seq) and seq[j] in node:
             node = node[seq[j]]
             j += 1
-            if _END in node:
-                best, end = node[_END], j
+            if None in node:
+                best, end = node[None], j
         if best is None:
             raise ValueError(f"character {seq[i]!r} at position {i} is not in the vocabulary")
         out.append(best)
@@ -185,19 +163,12 @@ def _longest_match(seq, trie):
 
 
 def segment(seq, vocab):
-    """Word ids of a pre-processed character sequence: at each position the longest vocabulary word that matches
-    (WordPiece's greedy rule). A vocabulary that holds every single character segments any sequence."""
+    """Word ids of a pre-processed character sequence: at each position the longest vocabulary word that matches."""
     return _longest_match(seq, build_trie(vocab))
-
-
-def segment_all(seqs, vocab):
-    trie = build_trie(vocab)
-    return [_longest_match(s, trie) for s in seqs]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. Sinkhorn (Cuturi 2013 [16]) on the feasible pairs, in the log domain
-
 
 def _lse(x, starts, seg):
     """log-sum-exp of x over each run x[starts[k]:starts[k+1]]; seg[p] = k, the run (row or column) of entry p."""
@@ -206,15 +177,14 @@ def _lse(x, starts, seg):
 
 
 def sinkhorn(a, b, row, col, cost, eps, tau=math.inf, n_iters=1000, tol=1e-9, check_every=10):
-    """min_P <P, C> + eps KL(P | a b^T) + tau KL(P^T 1 | b) s.t. P 1 = a, on the feasible pairs (row[p], col[p])
-    with costs cost[p], every other pair infeasible: rows exact, columns KL-relaxed (tau = inf: both exact). With
-    K = exp(-C / eps) a b^T and fi = tau / (tau + eps) the updates (Chizat et al. 2018) are
+    """min_P <P, C> + eps KL(P | a b^T) + tau KL(P^T 1 | b) s.t. P 1 = a, over the feasible pairs (row[p], col[p])
+    with costs cost[p]: rows exact, columns KL-relaxed (tau = inf: both exact). With K = exp(-C / eps) a b^T and
+    fi = tau / (tau + eps) the updates (Chizat et al. 2018) are
         u = a / (K v)           log u = log a - LSE_j(log K + log v)
         v = (b / (K^T u))^fi    log v = fi (log b - LSE_i(log K + log u))
-    and P = diag(u) K diag(v): POT's `ot.unbalanced.sinkhorn_unbalanced(a, b, C, eps, reg_m=(inf, tau))`, same
-    order, same iterates. Each LSE runs over a row's or a column's pairs only, so an iteration costs O(pairs), not
-    O(rows x columns). Every `check_every` iterations we stop once each row is within `tol` of a.
-    Returns (P, err, iters): P[p] is the plan on pair p, err the max-abs row error at exit.
+    and P = diag(u) K diag(v): the iterates of POT's `ot.unbalanced.sinkhorn_unbalanced(a, b, C, eps, (inf, tau))`.
+    An LSE runs over one row's or column's pairs: an iteration costs O(pairs). Every `check_every` iterations we
+    stop once each row is within `tol` of a. Returns (P on the pairs, max-abs row error, iterations).
     """
     a, b, cost = (np.asarray(x, dtype=np.float64) for x in (a, b, cost))
     row, col = np.asarray(row, dtype=np.int64), np.asarray(col, dtype=np.int64)
@@ -224,13 +194,11 @@ def sinkhorn(a, b, row, col, cost, eps, tau=math.inf, n_iters=1000, tol=1e-9, ch
             tau == math.inf and abs(a.sum() - b.sum()) > 1e-9 * a.sum()):
         raise ValueError("sinkhorn: a, b, eps, tau, n_iters must be > 0, the costs finite (infeasible pairs left out), "
                          f"and sum(a) = sum(b) if balanced (tau = inf): {a.sum()} vs {b.sum()}")
-    groups, twice = [], len(set(zip(row.tolist(), col.tolist()))) != len(row)
-    for idx, n, name in ((row, len(a), "row"), (col, len(b), "column")):
-        count = np.bincount(idx, minlength=n) if idx.min() >= 0 and idx.max() < n else np.zeros(0)
-        if len(count) != n or (count == 0).any() or twice:
-            raise ValueError(f"sinkhorn: a {name} index outside [0, {n}), a {name} without pairs, or a pair twice")
-        groups.append((np.argsort(idx, kind="stable"), np.r_[0, np.cumsum(count)[:-1]]))  # pairs grouped by idx
-    (by_row, starts_r), (by_col, starts_c) = groups
+    if (set(row.tolist()) != set(range(len(a))) or set(col.tolist()) != set(range(len(b)))
+            or len(set(zip(row.tolist(), col.tolist()))) != len(row)):
+        raise ValueError("sinkhorn: an index out of range, a row without pairs, a column without pairs or a pair twice")
+    by_row, by_col = np.argsort(row, kind="stable"), np.argsort(col, kind="stable")  # the pairs grouped by row, column
+    starts_r, starts_c = (np.r_[0, np.cumsum(np.bincount(idx))[:-1]] for idx in (row, col))  # where each group starts
     log_a, log_b = np.log(a), np.log(b)
     log_K = -cost / eps + log_a[row] + log_b[col]  # (pairs,) log K, K = exp(-C / eps) a b^T
     K_r, row_r, col_r = log_K[by_row], row[by_row], col[by_row]  # the pairs grouped by row
@@ -251,19 +219,13 @@ def sinkhorn(a, b, row, col, cost, eps, tau=math.inf, n_iters=1000, tol=1e-9, ch
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. one codebook's transport problem (Eq. 5) and its entropy (Eq. 4); the search over sizes
 
-
 def transport(vocab, counts, char_counts, cfg):
-    """Eq. 5 for one codebook (vocab: word id -> characters, counts: word id -> count), on its feasible pairs. Returns
-    the ids with a count, each one's plan mass / the mass P(w_j) it asks for, Eq. 4, characters per token, (err, it).
-
-    P(s_i): the character's share of the corpus. P(w_j) = count(w_j) len(w_j) / #characters (VOLT: n uses of a word
-    consume n of each of its characters). Candidates overlap (a merge is counted again inside longer merges, and each
-    character is its own word too), so the words ask for more than the characters hold: the rows stay exact, the
-    columns are relaxed by tau KL (ours; VOLT runs POT's balanced loop on the unequal masses).
-    D(j, i) = log P(s_i | w_j), the paper's D as printed: <P, D> is Eq. 4's second term and a character is cheaper in
-    a longer word, so a word wins its characters from its own pieces. Eq. 5 as printed, H(P) + <P, D>, is Eq. 4,
-    whose -sum P log P is concave: Sinkhorn minimises eps sum P log P instead (ours, as VOLT). cfg.cost = "volt"
-    takes VOLT's D = -log P(s|w), which makes a character dearer in a longer word.
+    """Eq. 5 for one codebook (vocab: word id -> characters, counts: word id -> count). Returns the word ids with a
+    count, each one's plan mass / the mass P(w_j) it asks for, Eq. 4, characters per token and (err, iterations).
+    P(s_i) is the character's share of the corpus, P(w_j) = count(w_j) len(w_j) / #characters (VOLT). Candidates
+    overlap, so the words ask for more than the characters hold: rows exact, columns relaxed by tau KL (ours).
+    cfg.cost "paper": D(j, i) = log P(s_i | w_j) as printed, so a word wins its characters from its own pieces;
+    "volt": VOLT's D = -log P(s|w). Like VOLT, Sinkhorn minimises eps sum P log P, not Eq. 4's concave -sum P log P.
     """
     chars = sorted(c for c, n in char_counts.items() if n > 0)
     index, n_all = {c: i for i, c in enumerate(chars)}, sum(char_counts.values())
@@ -303,20 +265,20 @@ class CRAResult:
 
     def describe(self):
         """The search as lines of text: each size's entropies, readout and score, then the choice and why."""
+        lines, scores = [], self.scores()
+        for r, (h, c, n) in enumerate(zip(self.entropies, self.ipc, self.sizes)):
+            lines.append(f"codebook r={r}: {r * self.m} candidates -> {n - self.n_chars - 1} words kept; Eq. 4 "
+                         f"{h:.4f}, per character {c:.4f}, {self.rule} score {scores.get(r, math.nan):+.5f}"
+                         + ("  <- chosen" if r == self.chosen_r else ""))
         why = {"eq4": "Eq. 4's largest drop", "muv": "the largest drop of entropy per character per word added (ours)"}
-        return [f"codebook r={r}: {r * self.m} candidates -> {n - self.n_chars - 1} words kept; Eq. 4 {h:.4f}, per "
-                f"character {c:.4f}, {self.rule} score {self.scores().get(r, math.nan):+.5f}"
-                + ("  <- chosen" if r == self.chosen_r else "") for r, (h, c, n) in
-                enumerate(zip(self.entropies, self.ipc, self.sizes))] + [f"chosen r={self.chosen_r}: {why[self.rule]}"]
+        return lines + [f"chosen r={self.chosen_r}: {why[self.rule]}"]
 
 
 def search(seqs, cfg):
-    """Choose the word-level codebook from pre-processed training sequences (lists of ids in [0, M]). The r-th
-    codebook (r = 0..R) is the M + 1 characters and the first r*m candidates in merge order (VOLT's code takes the
-    first S[t] merges). Rule "eq4" (the paper): the largest drop H_{r-1} - H_r of Eq. 4. On our tokens Eq. 4 rises
-    with r, so the default "muv" is VOLT's normalisation (ours): entropy per character, its drop per word added.
-    The vocabulary is the chosen plan's readout: a candidate stays if the plan gives it keep_ratio of what it asks
-    for (VOLT's threshold, 1e-4 of it, drops little but rounding errors)."""
+    """The word-level codebook of pre-processed training sequences (ids in [0, M]). The r-th codebook (r = 0..R) is
+    the M + 1 characters and the first r*m candidates in merge order (as VOLT). Rule "eq4" (the paper): the largest
+    drop of Eq. 4. Eq. 4 rises with r on our tokens, so the default "muv" is VOLT's: the drop of entropy per character,
+    per word added. The vocabulary is the chosen plan's readout: a candidate it gives keep_ratio of its mass stays."""
     M = cfg.n_chars
     if not any(seqs) or cfg.cost not in ("paper", "volt") or cfg.size_rule not in ("muv", "eq4"):
         raise ValueError(f"cra.search: an empty corpus, or cost {cfg.cost!r} / size_rule {cfg.size_rule!r} unknown")
@@ -339,23 +301,24 @@ def search(seqs, cfg):
     scores = res.scores()
     res.chosen_r = max(scores, key=scores.get) if scores else 0  # the first size on ties
     res.vocab = singles + kept[res.chosen_r]
-    freqs = Counter(t for s in segment_all(seqs, res.vocab) for t in s)
+    trie = build_trie(res.vocab)
+    freqs = Counter(t for s in seqs for t in _longest_match(s, trie))
     res.freqs = [freqs[j] for j in range(len(res.vocab))]
     return res
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# the vocabulary file: one word per line, "count<TAB>character ids"; the header keeps the search (for each r, Eq. 4,
-# the entropy per character, words + characters kept), the rule and the choice
-
+# the vocabulary file: "count<TAB>character ids" per word, after a header with the search (per r: Eq. 4, entropy per
+# character, words + characters kept), the rule and the choice
 
 def save_vocab(path, res):
     with open(path, "w") as f:
         f.write(f"# SignLLM CRA word vocabulary (Sec. 3.3): count<TAB>character ids; s0 = {res.n_chars}\n")
         f.write(f"# n_chars {res.n_chars}\n# m {res.m}\n# rule {res.rule}\n# chosen_r {res.chosen_r}\n")
-        f.write("".join(f"# entropy {r} {h!r} {c!r} {n}\n" for r, (h, c, n) in enumerate(zip(res.entropies, res.ipc,
-                                                                                            res.sizes))))
-        f.write("".join(f"{n}\t{' '.join(map(str, w))}\n" for w, n in zip(res.vocab, res.freqs)))
+        for r, (h, c, n) in enumerate(zip(res.entropies, res.ipc, res.sizes)):
+            f.write(f"# entropy {r} {h!r} {c!r} {n}\n")
+        for w, n in zip(res.vocab, res.freqs):
+            f.write(f"{n}\t{' '.join(map(str, w))}\n")
 
 
 def load_vocab(path):
@@ -392,24 +355,17 @@ def load_vocab(path):
 # ----------------------------------------------------------------------------------------------------------------------
 # 6. word-level sign tokens through g, the projection f, and the sign-text alignment (Eq. 6)
 
-
-class Projection(nn.Module):
-    """f: two fully connected layers with a ReLU (Sec. 4.1), from the codebook space (d) to the LLM's width."""
-
-    def __init__(self, d, hidden, d_llm):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d, hidden), nn.Linear(hidden, d_llm)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(x)))
-
-
 def median_sigmas(q, scales=(0.5, 1.0, 2.0)):
-    """RBF bandwidths for Eq. 6 by the median heuristic (Gretton et al. 2012): the median pairwise distance of the
-    text embeddings, times a few scales. The paper names "the radial kernel" without a bandwidth: our choice."""
+    """RBF bandwidths for Eq. 6 (ours: the paper gives none): the text embeddings' median pairwise distance, scaled."""
     q = q.detach().double()
     dist = torch.cdist(q, q)[torch.triu_indices(len(q), len(q), 1).unbind()]  # (n(n-1)/2,) pairwise distances
     return [float(dist.median()) * s for s in scales]
+
+
+def _compose(g, x, n):
+    """g over the first n[k] vectors of each x[k] (K, L, d) -> (K, d): g's context after the last of them."""
+    c = g(x, torch.arange(x.shape[1], device=x.device) < n[:, None])  # (K, L, d)
+    return c[torch.arange(len(c), device=x.device), n - 1]  # (K, d)
 
 
 class SignTokens(nn.Module):
@@ -421,38 +377,36 @@ class SignTokens(nn.Module):
             raise ValueError(f"vocabulary must start with the {n_chars + 1} single characters (ids 0..{n_chars})")
         self.n_chars, self.vocab, self.trie = n_chars, [tuple(w) for w in vocab], build_trie(vocab)
         L = max(len(w) for w in vocab)
-        word_chars = torch.tensor([list(w) + [0] * (L - len(w)) for w in vocab])  # (n_words, L), 0-padded
-        self.register_buffer("word_chars", word_chars)
+        self.register_buffer("word_chars", torch.tensor([list(w) + [0] * (L - len(w)) for w in vocab]))  # (n_words, L)
         self.register_buffer("word_len", torch.tensor([len(w) for w in vocab]))
         self.register_buffer("used", torch.tensor([n > 0 for n in freqs]))  # tokens seen in training: MMD's sample
         self.register_buffer("text_ids", torch.tensor(list(text_ids), dtype=torch.long))  # text tokens of Eq. 6
         self.register_buffer("sigmas", torch.tensor(list(sigmas), dtype=torch.float64))
         self.s0 = nn.Parameter(torch.randn(d) * 0.1)  # the slow token's own embedding
-        self.f = Projection(d, hidden, d_llm)
+        # f: two fully connected layers with a ReLU (Sec. 4.1), from the codebook space (d) to the LLM's width
+        self.f = nn.Sequential(OrderedDict(fc1=nn.Linear(d, hidden), relu=nn.ReLU(), fc2=nn.Linear(hidden, d_llm)))
 
     def sentence(self, chars):
         """A video's character tokens -> its word ids: repeat pre-processing (s0), then longest-match segmentation."""
-        return _longest_match(preprocess(chars, self.n_chars), self.trie) if chars else []
+        return _longest_match(preprocess(chars, self.n_chars), self.trie)
 
     def occurrences(self, idx, z_q, g):
-        """Each word of each video composed through g from its own clips' straight-through features z_q (B, T, d)
-        (a run's first clip; s0 its vector): the value of S^w[word], with L_sim's gradient reaching E_v, as VQ-VAE's
-        straight-through estimator passes it (ours: the paper does not say how E_v learns from L_sim).
-        -> (B, L, d) word vectors, mask (B, L)."""
+        """Each video's words composed through g from the straight-through features z_q (B, T, d) of their clips (a
+        run's first; s0 its vector): the values of S^w[word], with L_sim's gradient reaching E_v (ours: the paper does
+        not say how E_v learns from L_sim). -> (B, L, d) word vectors, mask (B, L)."""
         B, T, d = z_q.shape
         table = torch.cat([z_q.reshape(B * T, d), self.s0[None].to(z_q.dtype)])  # (B T + 1, d): s0 is the last row
         rows, per_video = [], []
         for b, row in enumerate(idx):
             seq, pos = preprocess(row[row >= 0].tolist(), self.n_chars, positions=True)
-            k, words = 0, _longest_match(seq, self.trie) if seq else []
+            k, words = 0, _longest_match(seq, self.trie)
             for w in words:
                 rows.append([b * T + p if p >= 0 else B * T for p in pos[k:k + len(self.vocab[w])]])
                 k += len(self.vocab[w])
             per_video.append(len(words))
         n = torch.tensor([len(r) for r in rows], device=z_q.device)
         at = torch.tensor([r + [B * T] * (int(n.max()) - len(r)) for r in rows], device=z_q.device)  # (words, L_w)
-        c = g(table[at], torch.arange(at.shape[1], device=z_q.device) < n[:, None])  # (words, L_w, d)
-        x = c[torch.arange(len(c), device=z_q.device), n - 1]  # (words, d): g's context after the last character
+        x = _compose(g, table[at], n)  # (words, d)
         mask = torch.arange(max(per_video), device=z_q.device) < torch.tensor(per_video, device=z_q.device)[:, None]
         return x.new_zeros(B, mask.shape[1], d).index_put_((mask,), x), mask  # (B, L, d)
 
@@ -462,10 +416,7 @@ class SignTokens(nn.Module):
     def word_table(self, codebook, g):
         """S^w (n_words, d): each word's character embeddings run through g ("composing all features of the
         character-level tokens ... via our autoregressive model g"); a word is g's context after its last character."""
-        x = self.char_table(codebook)[self.word_chars]  # (n_words, L, d)
-        mask = torch.arange(x.shape[1], device=x.device) < self.word_len[:, None]  # (n_words, L)
-        c = g(x, mask)  # (n_words, L, d)
-        return c[torch.arange(len(c), device=x.device), self.word_len - 1]  # (n_words, d)
+        return _compose(g, self.char_table(codebook)[self.word_chars], self.word_len)  # (n_words, L, d) -> (n_words, d)
 
     def mmd_loss(self, codebook, g, text_embeddings, S_w=None, words=True):
         """Eq. 6 at both levels, MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training.

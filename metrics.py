@@ -1,10 +1,8 @@
 """Translation metrics of Sec. 4.1 ("Evaluation Metrics"): BLEU-1..4 [47] and ROUGE-L [38], on sacrebleu's 0-100 scale.
 
-- `bleu`: cumulative corpus BLEU-n, the number sacrebleu's `BLEU(max_ngram_order=n, tokenize=...)` prints for one
-  reference per hypothesis (case-sensitive, "exp" smoothing), re-implemented here from the mteval-v13a rules.
-- `rouge_l`: ROUGE-L F1 (beta = 1, as rouge-score's "rougeL" fmeasure) of each sentence, averaged over sentences.
-- `score_all`: B1..B4 and ROUGE-L, tokenized by language (Chinese per character); `bootstrap_bleu`: a 95 % interval.
-Hypotheses are scored exactly as given: nothing is lowercased, appended or detokenized here.
+`bleu`: corpus BLEU-n, equal to sacrebleu's `BLEU(max_ngram_order=n, tokenize=...)` with one reference per hypothesis;
+`rouge_l`: mean sentence ROUGE-L F1 (rouge-score's "rougeL"); `score_all`: both, tokenized by language (Chinese per
+character); `bootstrap_bleu`: a 95 % interval. Hypotheses are scored as given: nothing is lowercased or detokenized.
 
     python metrics.py hyps.txt refs.txt --lang de     # one sentence per line
 """
@@ -26,40 +24,37 @@ _WESTERN = ((re.compile(r"([!\"#$%&()*+/:;<=>?@\[\\\]^_`{|}~])"), r" \1 "),  # A
             (re.compile(r"([.,])([^0-9])"), r" \1 \2"),  # ... and unless followed by one: "3.5", "1,000" stay whole
             (re.compile(r"([0-9])(-)"), r"\1 \2 "))      # split '-' after a digit: "3-4" -> "3 - 4"
 
-# Code points the "zh" tokenizer makes single-character tokens: the ranges sacrebleu's table really tests. Its two
-# astral entries are written with 4-digit escapes ("\u20000" is U+2000 followed by "0"), so they cover U+2001-U+2A6D
-# (general punctuation, currency, arrows, maths) and U+2F81-U+2FA1, not CJK Extension B; we copy that to stay identical.
+# Code points the "zh" tokenizer splits off: the ranges sacrebleu's table really tests. Its astral entries are written
+# with 4-digit escapes ("\u20000" is U+2000, "0"), so they cover U+2001-U+2A6D and U+2F81-U+2FA1 (copied as they are).
 _ZH_RANGES = ((0x2001, 0x2A6D), (0x2E80, 0x2FDF), (0x2FF0, 0x303F), (0x3100, 0x312F), (0x31A0, 0x31EF),
               (0x3200, 0x4DB5), (0x4E00, 0x9FBB), (0xF900, 0xFA2D), (0xFA30, 0xFA6A), (0xFA70, 0xFAD9),
               (0xFE10, 0xFE1F), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF))
 _ZH_CHAR = re.compile("([" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in _ZH_RANGES) + "])")
 
 
-def _western(line):
-    for pattern, replacement in _WESTERN:
-        line = pattern.sub(replacement, line)
-    return line.split()
-
-
 def tokenize_line(line, name="13a"):
     """One sentence -> list of tokens, as sacrebleu tokenizes a segment (it strips trailing whitespace first)."""
     line = line.rstrip()
+    if name == "none":
+        return line.split()
     if name == "13a":
         # mteval-v13a's language-independent part: drop <skipped>, join hyphenated line breaks, unescape 4 SGML entities
         line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
         for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
             line = line.replace(entity, char)
-        return _western(f" {line} ")  # the padding matters: ".5" at the start, "5." at the end are split
-    if name == "zh":  # each Chinese character alone, the rest by 13a's punctuation rules (no entities, no padding)
-        return _western(_ZH_CHAR.sub(r" \1 ", line.strip()))
-    if name == "none":
-        return line.split()
-    raise ValueError(f"unknown tokenizer {name!r}: expected '13a', 'zh' or 'none'")
+        line = f" {line} "  # the padding matters: ".5" at the start, "5." at the end are split
+    elif name == "zh":  # each Chinese character alone, the rest by 13a's punctuation rules (no entities, no padding)
+        line = _ZH_CHAR.sub(r" \1 ", line.strip())
+    else:
+        raise ValueError(f"unknown tokenizer {name!r}: expected '13a', 'zh' or 'none'")
+    for pattern, replacement in _WESTERN:
+        line = pattern.sub(replacement, line)
+    return line.split()
 
 
 def _check(hyps, refs, **counts):
     for side, seq in (("hyps", hyps), ("refs", refs)):
-        if isinstance(seq, str) or not isinstance(seq, (list, tuple)):
+        if not isinstance(seq, (list, tuple)):
             raise TypeError(f"{side} must be a list of strings (one sentence each), got {type(seq).__name__}")
         for i, s in enumerate(seq):
             if not isinstance(s, str):
@@ -95,8 +90,7 @@ def _bleu_from_stats(stats, effective_order=False):
     hyp_len, ref_len, matches, totals = stats[0], stats[1], stats[2::2], stats[3::2]
     if not any(matches):
         return 0.0
-    # brevity penalty: BP = exp(1 - r / c) when the hypotheses are shorter than the references (c < r), else 1
-    bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
+    bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)  # brevity penalty, exp(1 - r / c) if c < r
     log_p, halving = [], 1
     for n in range(len(matches)):
         if totals[n] == 0:  # no hypothesis is n+1 tokens long: precision 0, BLEU 0 unless effective_order
@@ -112,9 +106,8 @@ def _bleu_from_stats(stats, effective_order=False):
 
 
 def bleu(hyps, refs, max_order=4, tokenize="13a", effective_order=False):
-    """Cumulative corpus BLEU-`max_order` on 0-100, equal to sacrebleu's BLEU(max_ngram_order=max_order, tokenize=...,
-    effective_order=...).corpus_score(hyps, [refs]).score. effective_order=True averages only over the orders for which
-    the corpus has any hypothesis n-gram (sacrebleu's option for sentence-level BLEU)."""
+    """Cumulative corpus BLEU-`max_order` on 0-100: sacrebleu's BLEU(max_ngram_order, tokenize, effective_order)
+    .corpus_score(hyps, [refs]).score. effective_order: average over the orders the hypotheses have n-grams of."""
     _check(hyps, refs, max_order=max_order)
     stats = [_bleu_stats(h, r, max_order, tokenize) for h, r in zip(hyps, refs)]
     return _bleu_from_stats([sum(column) for column in zip(*stats)], effective_order)
@@ -141,7 +134,7 @@ def rouge_l(hyps, refs, tokenize="none"):
     total = 0.0
     for hyp, ref in zip(hyps, refs):
         h, r = tokenize_line(hyp, tokenize), tokenize_line(ref, tokenize)
-        lcs = _lcs(h, r) if h and r else 0
+        lcs = _lcs(h, r)
         if lcs:
             p, rec = lcs / len(h), lcs / len(r)
             total += 2 * p * rec / (p + rec)
@@ -155,8 +148,7 @@ def _tokenizers(lang):
     """(BLEU tokenizer, ROUGE-L tokenizer) for a target language code such as "de", "zh" or "zh-CN"."""
     if not isinstance(lang, str) or not lang:
         raise ValueError(f"lang must be a language code such as 'de' or 'zh', got {lang!r}")
-    chinese = lang.lower().replace("_", "-").split("-")[0] == "zh"
-    return ("zh", "zh") if chinese else ("13a", "none")  # Chinese per character; else 13a BLEU, whitespace ROUGE-L
+    return ("zh", "zh") if lang.lower().replace("_", "-").split("-")[0] == "zh" else ("13a", "none")
 
 
 def score_all(hyps, refs, lang, max_order=4):
@@ -184,10 +176,8 @@ def main(argv=None):
     ap.add_argument("files", nargs=2, help="hypotheses, references: text files, one sentence per line")
     ap.add_argument("--lang", default="de", help="target language code; 'zh' scores per character (default: de)")
     args = ap.parse_args(argv)
-    hyps, refs = (Path(name).read_text(encoding="utf-8").split("\n") for name in args.files)
-    for lines in (hyps, refs):
-        if lines[-1] == "":
-            lines.pop()  # the newline that ends the last line does not start another sentence
+    texts = (Path(name).read_text(encoding="utf-8").split("\n") for name in args.files)
+    hyps, refs = (t[:-1] if t[-1] == "" else t for t in texts)  # a final newline does not start another sentence
     if len(hyps) != len(refs):
         raise SystemExit(f"{args.files[0]} has {len(hyps)} lines but {args.files[1]} has {len(refs)}")
     scores = score_all(hyps, refs, args.lang)

@@ -410,7 +410,7 @@ def test_search_bookkeeping_and_vocab_file(tmp_path):
     muv = {r: (res.ipc[r - 1] - res.ipc[r]) / (n[r] - n[r - 1]) for r in range(1, len(n)) if n[r] > n[r - 1]}
     assert res.chosen_r == max(muv, key=muv.get) and len(res.describe()) == len(res.entropies) + 1
     assert res.vocab[:257] == [(c,) for c in range(257)] and len(res.vocab) == res.sizes[res.chosen_r]
-    ids = cra.segment_all(seqs, res.vocab)
+    ids = [cra.segment(s, res.vocab) for s in seqs]
     assert np.bincount([t for s in ids for t in s], minlength=len(res.vocab)).tolist() == res.freqs
     eq4 = cra.search(seqs, cra.CRAConfig(n_chars=256, m=32, R=6, size_rule="eq4"))
     assert eq4.chosen_r == 1 + int(np.argmax(-np.diff(eq4.entropies))) and eq4.entropies == res.entropies
