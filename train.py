@@ -190,8 +190,8 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                 results.append((m, loss.item(), batch.get("name")))
             if a < A - 1:
                 continue
-            update, gn, results, fields = engine.verdict(stage, step + 1, model, grad_clip, results, bad, empty, state,
-                                                         cfg, out)  # gradient clipping, NaN, bad data, every rank's
+            update, gn, results, fields = engine.verdict(  # clips the gradient; NaN/inf, bad data, alike on all ranks
+                stage, step + 1, model, grad_clip, results, bad, empty, state, cfg, out)
             if update:
                 opt.step()
             state["step"] = step = step + 1
