@@ -1,19 +1,22 @@
 """The engineering under train.py, which a reader of the method may skip: configuration from the command line,
 checkpoints and exact resume, and how data-parallel processes (torchrun) share the work.
 
-A checkpoint is <out>/<tag>-<step>.safetensors (model weights, Adam moments, the torch RNG) beside <tag>-<step>.json
-(the config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256). No pickle anywhere. Each file
-is written to a temp name, fsynced and renamed, the JSON last: a checkpoint exists once its JSON does. Tag "ckpt" is
-the newest state (for --resume), "best" the best dev score so far (what the next stage reads). Exact resume also
-needs the data: each epoch's order and each item's augmentation are functions of (seed, epoch, index).
+A checkpoint is <out>/<tag>-<step>.safetensors (weights, Adam moments, the torch RNG) beside <tag>-<step>.json (the
+config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256). No pickle. Each file is written to
+a temp name, fsynced and renamed, the JSON last: a checkpoint exists once its JSON does. Tag "ckpt" is the newest
+state (for --resume), "best" the best dev score so far (what the next stage reads). Exact resume also needs the data:
+each epoch's order and each item's augmentation are functions of (seed, epoch, index). Under torchrun rank 0 writes
+checkpoints and logs; every rank loads the same checkpoint, so a resume is exact where the ranks draw alike.
 """
 import dataclasses
 import difflib
+import functools
 import glob
 import hashlib
 import json
 import math
 import os
+import pathlib
 import random
 import sys
 
@@ -28,10 +31,10 @@ import data
 
 RESUME_FREE = {"stage", "resume", "overwrite", "num_workers", "threads", "log_every", "device"}  # may change on resume
 MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden", "signllm.lora_rank")  # settings that shape the weights
+BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# configuration from the command line
+# ---- configuration from the command line ----------------------------------------------------------------------------
 
 def flat(d, prefix=""):
     """A nested config dict as {'vq.d': 16, ...}."""
@@ -42,8 +45,7 @@ def flat(d, prefix=""):
 
 
 def config_diff(saved, now, prefix=""):
-    """'vq.M: checkpoint 8, now 16; ...' for the settings (starting with prefix) of two config dicts that differ;
-    those that shape the weights alone, if any of them differ."""
+    """'vq.M: checkpoint 8, now 16; ...': the settings (from prefix) that differ, those that shape weights first."""
     a, b = flat(saved), flat(now)
     diff = [(k, v, b[k]) for k, v in a.items() if k.startswith(prefix) and k in b and k not in RESUME_FREE
             and b[k] != v]
@@ -53,16 +55,15 @@ def config_diff(saved, now, prefix=""):
 
 def key_values(argv):
     """[(key, value)] of --key=value or --key value; a bare --flag is (flag, "true")."""
-    pairs, i = [], 0
-    while i < len(argv):
-        if not argv[i].startswith("--"):
-            raise SystemExit(f"argument {argv[i]!r}: expected --key=value")
-        key, eq, value = argv[i][2:].partition("=")
+    pairs, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise SystemExit(f"argument {arg!r}: expected --key=value")
+        key, eq, value = arg[2:].partition("=")
         if not eq:
-            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            value, i = (argv[i + 1], i + 1) if has_value else ("true", i)
+            value = args.pop(0) if args and not args[0].startswith("--") else "true"
         pairs.append((key, value))
-        i += 1
     return pairs
 
 
@@ -70,32 +71,26 @@ def set_key(cfg, key, value, source):
     """cfg.<key> = value, value parsed from a string to the field's type; a wrong key or type stops, naming both."""
     leaves = flat(dataclasses.asdict(cfg))
     if key not in leaves:
-        close = difflib.get_close_matches(key, leaves, n=3)
-        raise SystemExit(f"{source}: unknown config key {key!r}" + (f" (did you mean {', '.join(close)}?)" if close
-                                                                    else ""))
-    *path, name = key.split(".")
-    obj = cfg
-    for p in path:
-        obj = getattr(obj, p)
-    typ = type(getattr(obj, name))
+        close = ", ".join(difflib.get_close_matches(key, leaves, n=3))
+        raise SystemExit(f"{source}: unknown config key {key!r}" + (f" (did you mean {close}?)" if close else ""))
+    typ = type(leaves[key])
     try:
         if isinstance(value, str) and typ is bool:
-            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[value.lower()]
+            value = BOOLS[value.lower()]
         elif isinstance(value, str) or (typ is float and type(value) is int):
             value = typ(value)  # int('1.5') and float('x') raise
     except (KeyError, ValueError):
-        raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}") from None
+        pass  # value stays a string: refused below
     if type(value) is not typ:
         raise SystemExit(f"{source}: {key} takes a {typ.__name__}, got {value!r}")
-    setattr(obj, name, value)
+    *path, name = key.split(".")
+    setattr(functools.reduce(getattr, path, cfg), name, value)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# processes (torchrun): one per device, each with its share of the work
+# ---- processes (torchrun): one per device, each with its share of the work ------------------------------------------
 
 def join_processes(device):
-    """Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) join its process group, NCCL on GPUs and
-    gloo on a CPU, one process per device; prints become rank 0's. Returns whether it did."""
+    """Under torchrun, join its process group (NCCL on GPUs, gloo on a CPU); prints become rank 0's. -> whether."""
     if "WORLD_SIZE" not in os.environ or dist.is_initialized():
         return False
     if device.type == "cuda":
@@ -128,8 +123,7 @@ def to_device(batch, device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# files and checkpoints
+# ---- files and checkpoints ------------------------------------------------------------------------------------------
 
 def atomic_write(path, write):
     """write(tmp), fsync, rename over path: a kill leaves the old file or the new one, never a part of one."""
@@ -139,25 +133,16 @@ def atomic_write(path, write):
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself reaches the disk
-    finally:
-        os.close(fd)
+    os.fsync(fd)  # the rename itself reaches the disk
+    os.close(fd)
 
 
 def write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def trainable(model):
@@ -175,22 +160,20 @@ def step_of(path):
 
 
 def tidy(out, drop_after=None):
-    """Delete what a kill can leave (temp files, weights without their JSON) and what no resume needs: every ckpt but
-    the newest; every best but the newest and the newest one not after that ckpt (a resume from the ckpt goes back to
-    the best it knew). drop_after=s also deletes the checkpoints after step s (a resume from s runs those steps again);
-    -1 deletes them all and the stage's DONE mark (a fresh start)."""
-    for tmp in glob.glob(os.path.join(glob.escape(out), "*.tmp")):
+    """Delete what a kill can leave (temp files, weights without JSON) and what no resume needs: all but the newest
+    ckpt, and all but the newest best and the newest best not after that ckpt (a resume goes back to the best it knew).
+    drop_after=s: also the checkpoints after step s (a resume re-runs them); -1: all, and DONE (a fresh start)."""
+    ckpt, best, here = checkpoints(out, "ckpt"), checkpoints(out, "best"), os.path.join(glob.escape(out), "")
+    for tmp in glob.glob(here + "*.tmp"):
         os.remove(tmp)
-    jsons = checkpoints(out, "ckpt") + checkpoints(out, "best")
-    for w in glob.glob(os.path.join(glob.escape(out), "*-[0-9]*.safetensors")):
-        if w[:-12] + ".json" not in jsons:
+    for w in glob.glob(here + "*-[0-9]*.safetensors"):
+        if w[:-12] + ".json" not in ckpt + best:
             os.remove(w)
-    ckpt, best = checkpoints(out, "ckpt"), checkpoints(out, "best")
     last = step_of(ckpt[-1]) if ckpt else math.inf
     known = [b for b in best if step_of(b) <= last][-1:]
     drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
     if drop_after is not None:
-        drop += [j for j in jsons if step_of(j) > drop_after]
+        drop += [j for j in ckpt + best if step_of(j) > drop_after]
     if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
         os.remove(os.path.join(out, "DONE"))
     for j in sorted(set(drop)):
@@ -202,16 +185,16 @@ def save(out, tag, model, opt, state, cfg):
     """Write <out>/<tag>-<step>.{safetensors,json}, then delete the checkpoints no resume needs any more."""
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"{tag}-{state['step']:07d}")
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     adam_steps = {}
     for name, p in trainable(model):
         if s := opt.state.get(p):  # Adam's moments here, its step count in the JSON
-            tensors[f"optim.{name}.exp_avg"] = s["exp_avg"].detach().cpu().contiguous()
-            tensors[f"optim.{name}.exp_avg_sq"] = s["exp_avg_sq"].detach().cpu().contiguous()
+            tensors[f"optim.{name}.exp_avg"], tensors[f"optim.{name}.exp_avg_sq"] = s["exp_avg"], s["exp_avg_sq"]
             adam_steps[name] = float(s["step"])
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # one generator state per visible GPU
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(base + ".safetensors", lambda p: save_file(tensors, p))
     py, npy = random.getstate(), np.random.get_state()
     meta = dict(state, tag=tag, config=dataclasses.asdict(cfg), weights=os.path.basename(base) + ".safetensors",
@@ -303,10 +286,8 @@ def trim_log(path, step):
     """The per-step log of a resumed run keeps the lines up to the checkpoint's step (a torn last line goes too)."""
     kept = []
     for i, line in enumerate(open(path) if os.path.exists(path) else [], 1):
-        if not line.endswith("\n"):
-            break  # a line cut by the kill
         try:
-            if json.loads(line)["step"] <= step:
+            if line.endswith("\n") and json.loads(line)["step"] <= step:  # without "\n": cut by the kill
                 kept.append(line)
         except (ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{path} line {i}: not a log line ({e}); remove it (and what follows) to resume") from e
@@ -315,7 +296,7 @@ def trim_log(path, step):
 
 def begin(out, model, opt, cfg):
     """A stage's training starts: with --resume from the newest ckpt (weights, Adam, every RNG), its log cut back to
-    that step; else afresh in a claimed folder (its checkpoints, DONE and log gone). -> (state, the log to append to)"""
+    that step; else afresh (its checkpoints, DONE and log gone). -> (state, the log to append to)"""
     state, log_path = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[]), out + "/log.jsonl"
     if cfg.resume:
         meta = load(out, "ckpt", model, opt, cfg)
@@ -323,7 +304,6 @@ def begin(out, model, opt, cfg):
         if changed := config_diff(meta["config"], dataclasses.asdict(cfg)):
             print(f"warning: resuming with changed settings ({changed}): the run will differ from an uninterrupted one")
         print(f"resumed {out} at step {state['step']}")
-    claim(out, cfg)
     if rank_world()[0] == 0:
         tidy(out, drop_after=state["step"] if cfg.resume else -1)
         os.makedirs(out, exist_ok=True)
@@ -334,19 +314,14 @@ def begin(out, model, opt, cfg):
     return state, open(log_path if rank_world()[0] == 0 else os.devnull, "a")  # one JSON line per step
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# data order and augmentation as functions of (seed, epoch, index); loading a split in shares
+# ---- data order and augmentation as functions of (seed, epoch, index); loading a split in shares --------------------
 
 class SeededItems(torch.utils.data.Dataset):
-    """Item (epoch, i) of a dataset, drawn with the torch, numpy and Python RNGs seeded from (seed, epoch, i) and
-    restored afterwards: an item's augmentation is the same in any worker and after a resume, and loading in the main
-    process leaves the training RNG streams alone."""
+    """Item (epoch, i) of a dataset, drawn with every RNG seeded from (seed, epoch, i) and restored afterwards: its
+    augmentation is the same in any worker and after a resume, and the training RNG streams are left alone."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
-
-    def __len__(self):
-        return len(self.dataset)
 
     def __getitem__(self, key):
         epoch, i = key
@@ -390,17 +365,7 @@ def over_split(dataset, batch_size, cfg, fn, desc=None):
     return [r for part in gather(out) for r in part]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# the training step: DDP around the loss, and whether the step updates
-
-def ddp(net, device):
-    """net under DistributedDataParallel when several processes run: BatchNorm's running statistics stay per rank
-    (broadcast_buffers=False); short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused."""
-    if rank_world()[1] == 1:
-        return net
-    return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                     broadcast_buffers=False, find_unused_parameters=True)
-
+# ---- the training step: DDP around the loss, and whether the step updates -------------------------------------------
 
 class LossOf(torch.nn.Module):
     """loss_fn(model, batch, first) as a module's forward: DDP syncs gradients only of what runs through its forward."""
@@ -413,18 +378,42 @@ class LossOf(torch.nn.Module):
         return self.loss_fn(self.model, batch, first)
 
 
-def verdict(stage, step, results, empty, grad_norm, cfg, out):
-    """Whether a step updates ("") or is skipped (why). results: (metrics, loss, videos) of each micro-batch of the
-    step on every rank, so the verdict is alike on every rank. A NaN/inf loss or gradient stops the run, naming the
-    stage, step, terms and videos, unless --skip_nonfinite; a micro-batch whose videos were all bad skips the step."""
+def ddp(model, loss_fn, device):
+    """The loss as a module, under DistributedDataParallel when several processes run: BatchNorm's running statistics
+    stay per rank (broadcast_buffers=False); short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused."""
+    net = LossOf(model, loss_fn)
+    if rank_world()[1] == 1:
+        return net
+    return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     broadcast_buffers=False, find_unused_parameters=True)
+
+
+def verdict(stage, step, model, grad_clip, results, bad, empty, state, cfg, out):
+    """After a step's backward, alike on every rank: -> (update?, gradient norm, every rank's results, log fields).
+    results: (metrics, loss, videos) of this rank's micro-batches; bad: (name, reason) of its samples left out.
+    A NaN/inf loss or gradient stops the run naming stage, step, terms and videos (--skip_nonfinite: the step is
+    skipped and counted); a micro-batch whose videos were all bad skips the step."""
+    got = gather((results, bad))
+    results = [r for p in got for r in p[0]]
+    new = dict.fromkeys((n, r) for p in got for n, r in p[1] if [n, r] not in state["bad_samples"])
+    state["bad_samples"] += [[n, r] for n, r in new]  # data.skip_bad: first found now
+    gn = float("nan") if empty else float(torch.nn.utils.clip_grad_norm_(  # all-reduced: alike on every rank
+        model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
     nonfinite = [r for r in results if not math.isfinite(r[1])]
     problem = "; ".join(f"loss {r[1]}, non-finite: " + ", ".join(
         f"{k} {v}" for k, v in r[0].items() if k != "loss" and isinstance(v, float) and not math.isfinite(v))
         for r in nonfinite)
-    if not (problem or empty or math.isfinite(grad_norm)):
-        problem = f"gradient norm {grad_norm} (loss {sum(r[1] for r in results) / len(results):.4g})"
+    if not (problem or empty or math.isfinite(gn)):
+        problem = f"gradient norm {gn} (loss {sum(r[1] for r in results) / len(results):.4g})"
     if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
         videos = [v for r in nonfinite or results for v in r[2] or []]
         raise FloatingPointError(f"{stage} step {step}: {problem}, videos {videos}; the last good checkpoint in {out} "
                                  "is kept (--skip_nonfinite skips)")
-    return problem or ("every video of a micro-batch is bad" if empty else "")
+    problem = problem or ("every video of a micro-batch is bad" if empty else "")
+    if problem:
+        state["skipped_steps"] += 1  # no update; what the forward changed (BatchNorm statistics) stays
+        tqdm.write(f"{stage} step {step}: skipped ({problem}), {state['skipped_steps']} skipped so far")
+    fields = {"skipped_steps": state["skipped_steps"]} if state["skipped_steps"] else {}
+    if new:
+        fields["bad_samples"] = [n for n, _ in new]
+    return not problem, gn, results, fields

@@ -29,8 +29,8 @@ import metrics
 import signllm
 from cra import CRAConfig
 from data import DataConfig
+from engine import rank_world
 from signllm import SignLLM, SignLLMConfig
-from engine import SeededItems, epoch_batches, rank_world
 from vq import VQConfig, VQSign, codebook_usage, kmeans, token_alignment
 
 
@@ -64,8 +64,7 @@ class TrainConfig:
     cra_lr: float = 0.001
     cra_steps: int = 200          # Adam steps on L_MMD (ours: the paper gives no schedule for this sub-stage)
     cra_vocab: str = ""           # a vocab.txt to use instead of searching (the report's rows share one search)
-    cra_refit: int = 0            # > 0: before the search, this many Lloyd steps on the codebook over every training
-                                  # clip's z, from the learned codebook (ours: Eq. 2's codebook term, minimised further)
+    cra_refit: int = 0            # > 0: Lloyd steps on the codebook over all training clips' z before the search (ours)
     kmeans_encoder: str = ""      # vq.quantizer=kmeans: a training output folder (an encoder-only run's out/ft)
     # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
     ft_lr: float = 0.001          # Sec. 4.1
@@ -84,7 +83,7 @@ class TrainConfig:
 
 
 PRESETS = {
-    # the CPU demo: 32 x 32 frames, a width-16 ResNet18, d = 128, M = 64 (BENCHMARKS.md holds the runs behind them)
+    # the CPU demo: 32 x 32 frames, a width-16 ResNet18, d = 128, M = 64
     "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32,
                   "vq.width": 16, "vq.d": 128, "vq.M": 64, "vq.reseed_every": 10, "vq_lr": 0.003, "vq_min_lr": 0.0003,
                   # Eq. 1's negatives from the positive's own video, each video's mean z removed: E_v cannot score
@@ -118,8 +117,9 @@ def parse_args(argv):
     return cfg
 
 
-def prepare_data(cfg, skipped=None):
-    """Train and dev SignDatasets; with data.skip_bad the rows left out are appended to `skipped` as (name, reason)."""
+def prepare_data(cfg):
+    """The stage's folder claimed, then (train set, dev set, the (name, reason) of rows data.skip_bad left out)."""
+    engine.claim(os.path.join(cfg.out_dir, cfg.stage), cfg)  # the one check: --resume or --overwrite
     root = cfg.data.root
     if not os.path.exists(root) and rank_world()[0] == 0:
         if not cfg.make_synthetic:
@@ -128,12 +128,13 @@ def prepare_data(cfg, skipped=None):
         data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
     if dist.is_initialized():
         dist.barrier()  # the other ranks read it once rank 0 has written it
-    return [data.SignDataset(data.load_split(root, s, cfg.data.skip_bad, skipped), cfg.data, train=s == "train")
+    skipped = []  # load_split appends to it
+    sets = [data.SignDataset(data.load_split(root, s, cfg.data.skip_bad, skipped), cfg.data, train=s == "train")
             for s in ("train", "dev")]
+    return *sets, skipped
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# the shared training loop
+# ---- the shared training loop ---------------------------------------------------------------------------------------
 
 def cosine_lr(step, lr, min_lr, warmup, total):
     """Linear warm-up to lr over `warmup` steps, then cosine decay to min_lr at `total` (as nanoGPT)."""
@@ -149,38 +150,38 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest). skipped: the (name, reason)
     of samples data.skip_bad left out while loading. Returns the per-step metrics.
 
-    DDP: each global batch is cut into world x grad_accum strided micro-batches (process `rank` takes items
-    a * world + rank, + world * grad_accum, ... as its micro-batch a), so 2 processes compute what 1 process with
-    grad_accum 2 does (BatchNorm is per micro-batch: SyncBatchNorm refuses CPU tensors). Gradients are all-reduced on
-    the last micro-step; checkpoints, log and prints are rank 0's (a resume is exact where the ranks draw alike)."""
+    DDP: each global batch is cut into world x grad_accum strided micro-batches (process r's micro-batch a holds items
+    a * world + r, + world * grad_accum, ...), so 2 processes compute what 1 process with grad_accum 2 does (BatchNorm
+    is per micro-batch: SyncBatchNorm refuses CPU tensors). Gradients are all-reduced on the last micro-step;
+    checkpoints, log and prints are rank 0's."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=lr)
     (rank, world), A = rank_world(), cfg.grad_accum
     parts = world * A  # micro-batches per global batch
     if A < 1 or batch_size < parts:
         raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum {A}")
-    net = engine.ddp(engine.LossOf(model, loss_fn), device)  # the loss as a module: what DDP synchronises
     per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
     if per_epoch == 0:
         raise SystemExit(f"{stage}: {len(train_set)} training samples cannot fill {parts} micro-batches")
     total = max_steps if max_steps > 0 else epochs * per_epoch
+    net = engine.ddp(model, loss_fn, device)  # the loss as a module: what DDP synchronises
     state, log = engine.begin(out, model, opt, cfg)  # a fresh start, or the newest checkpoint restored exactly
-    items, history = SeededItems(train_set, cfg.seed), []
+    items, history = engine.SeededItems(train_set, cfg.seed), []
     bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
     while state["step"] < total:
         epoch, first = divmod(state["step"], per_epoch)
         model.train()
-        batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
+        batches = engine.epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
         micro = [b[a * world + rank::parts] for b in batches for a in range(A)]  # this rank's micro-batches, in order
         for i, batch in enumerate(engine.loader(items, micro, cfg.num_workers, collate_fn)):
             a = i % A
-            if a == 0:
-                t0, step, results, bad, empty = time.time(), state["step"], [], [], False
+            if a == 0:  # the step's bad samples: those left out while loading, then those its items find
+                t0, step, results, bad, empty = time.time(), state["step"], [], list(skipped), False
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
                 opt.zero_grad(set_to_none=True)
             bad += batch.get("skipped", [])
-            empty = empty or any(engine.gather(batch.keys() == {"skipped"}))  # decided alike on every rank, before the forward
+            empty = empty or any(engine.gather(batch.keys() == {"skipped"}))  # alike on every rank, before forward
             if not empty:
                 net.require_backward_grad_sync = a == A - 1  # DDP all-reduces the gradients on the last micro-step
                 with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):  # bf16 activations on GPUs
@@ -189,25 +190,14 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                 results.append((m, loss.item(), batch.get("name")))
             if a < A - 1:
                 continue
-            got = engine.gather((results, bad))  # every rank's micro-batches of this step
-            results = [r for p in got for r in p[0]]
-            new = dict.fromkeys((n, r) for n, r in [*skipped, *(b for p in got for b in p[1])]
-                                if [n, r] not in state["bad_samples"])  # data.skip_bad: first found bad now
-            state["bad_samples"] += [[n, r] for n, r in new]
-            gn = float("nan") if empty else float(torch.nn.utils.clip_grad_norm_(  # all-reduced: alike on every rank
-                model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
-            if problem := engine.verdict(stage, step + 1, results, empty, gn, cfg, out):
-                state["skipped_steps"] += 1  # no update; what the forward changed (BatchNorm statistics) stays
-                bar.write(f"{stage} step {step + 1}: skipped ({problem}), {state['skipped_steps']} skipped so far")
-            else:
+            update, gn, results, fields = engine.verdict(  # clips the gradient; NaN/inf, bad data, alike on all ranks
+                stage, step + 1, model, grad_clip, results, bad, empty, state, cfg, out)
+            if update:
                 opt.step()
             state["step"] = step = step + 1
             m = {k: sum(float(r[0][k]) for r in results) / len(results) for k in results[0][0]} if results else {}
-            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m)
-            if state["skipped_steps"]:
-                m["skipped_steps"] = state["skipped_steps"]
-            if new:
-                m["bad_samples"] = [n for n, _ in new]
+            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m,
+                     **fields)
             history.append(m)
             bar.update(1)
             if step % cfg.log_every == 0:
@@ -242,15 +232,13 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
 def save_untrained(cfg, out, model):
     """Write `model` as out's 'best' checkpoint without training it (k-means centroids; f and s0 without L_MMD)."""
     if rank_world()[0] == 0:  # every rank holds the same model; rank 0 writes
-        engine.claim(out, cfg)
         engine.tidy(out, drop_after=-1)
         opt = torch.optim.Adam([p for _, p in engine.trainable(model)])
         engine.save(out, "best", model, opt, dict(step=0, best_dev=0.0, dev={}), cfg)
     engine.finish(out, cfg)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# the stages
+# ---- the stages -----------------------------------------------------------------------------------------------------
 
 def tokenize_videos(vq, dataset, cfg, features=False):
     """Character tokens of every video of a split (eval mode, no augmentation); features=True: the clip features
@@ -290,12 +278,11 @@ def evaluate_vq(model, dev_set, cfg):
 
 
 def stage_kmeans(cfg):
-    """Table 5 "w/o VQ-Sign": E_v is an encoder-only run's (Table 4 row 1, trained with L_sim, no quantizer in the
-    way); its train-set clip features are quantized by k-means with k = M, and the frozen centroids are written as
-    out/vq's checkpoint, which cra and ft read as usual. In ft nothing reaches E_v: no L_VQ, discrete word ids."""
+    """Table 5 "w/o VQ-Sign": the clip features of an encoder-only run's E_v (Table 4 row 1) quantized by k-means,
+    k = M, written as out/vq's checkpoint for cra and ft. In ft nothing reaches E_v: no L_VQ, discrete word ids."""
     if not cfg.kmeans_encoder:
         raise SystemExit("vq.quantizer=kmeans needs --kmeans_encoder=FOLDER, an encoder-only run's out/ft")
-    train_set, _ = prepare_data(cfg)
+    train_set, _, _ = prepare_data(cfg)
     source, _ = signllm.from_checkpoint(cfg.kmeans_encoder)
     vq = VQSign(cfg.vq).to(engine.device_of(cfg))
     vq.encoder.load_state_dict(source.vq.encoder.state_dict(), strict=True)
@@ -310,8 +297,7 @@ def stage_vq(cfg):
     """Sec. 3.4 (i): VQ-Sign pre-trained with L_VQ (Eq. 1-2)."""
     if cfg.vq.quantizer == "kmeans":
         return stage_kmeans(cfg)
-    skipped = []
-    train_set, dev_set = prepare_data(cfg, skipped)
+    train_set, dev_set, skipped = prepare_data(cfg)
     model = VQSign(cfg.vq).to(engine.device_of(cfg))
     print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
           f"{len(dev_set)} dev videos, device {engine.device_of(cfg)}")
@@ -325,16 +311,13 @@ def stage_cra(cfg):
     """Sec. 3.4 (ii): the word codebook by the search of Sec. 3.3, then f and s0 trained with L_MMD (Eq. 6)."""
     if cfg.signllm.tokens == "features":
         raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
-    skipped = []
-    train_set, dev_set = prepare_data(cfg, skipped)
+    train_set, dev_set, skipped = prepare_data(cfg)
     out, device = os.path.join(cfg.out_dir, "cra"), engine.device_of(cfg)
-    engine.claim(out, cfg)
     vq = VQSign(cfg.vq).to(device)
     engine.load(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
     if cfg.cra_refit and cfg.vq.quantizer == "vq":  # (k-means centroids are a Lloyd fixed point already)
-        # Lloyd steps from the learned codebook (c_m <- mean of the z nearest to it) towards a local minimum of
-        # sum ||sg(z) - c||^2, Eq. 2's codebook term, over every training clip. Deterministic.
+        # Lloyd steps (c_m <- mean of the z nearest to it) lower Eq. 2's codebook term over every training clip
         before = evaluate_vq(vq, dev_set, cfg)
         z = torch.cat(tokenize_videos(vq, plain, cfg, features=True))  # (clips, d), on the CPU
         with torch.no_grad():
@@ -397,8 +380,7 @@ def score(cfg, hyps, refs):
 def stage_ft(cfg):
     """Sec. 3.4, fine-tuning: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen; the best dev BLEU-4 is kept.
     The encoder-only ablation (tokens=features) has no cra stage and starts from scratch."""
-    skipped = []
-    train_set, dev_set = prepare_data(cfg, skipped)
+    train_set, dev_set, skipped = prepare_data(cfg)
     device, cra_out = engine.device_of(cfg), os.path.join(cfg.out_dir, "cra")
     if cfg.signllm.tokens == "features" and not engine.checkpoints(cra_out, "best"):
         model = signllm.build(cfg.vq, cfg.signllm, *signllm.load_llm(cfg.signllm, device)).to(device)
