@@ -543,7 +543,8 @@ def gguf_to_hf(src, out):
             # llama.cpp's converter permutes Q and K rows to interleave rotary pairs; undo it for rotate-half RoPE
             heads = n_heads if kind == "attn_q" else n_kv
             w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
-        tensors[f"model.layers.{layer[1]}." * bool(layer) + names[kind] + ".weight"] = np.ascontiguousarray(w)
+        prefix = f"model.layers.{layer[1]}." if layer else ""  # layer[1] exists only for blk.{i}.* tensors
+        tensors[prefix + names[kind] + ".weight"] = np.ascontiguousarray(w)
     save_file(tensors, os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
