@@ -214,8 +214,6 @@ def clip_labels(segments: list, n_frames: int) -> list:
     return [next((lab for lab, a, b in segments if a <= m < b), None) for m in mid]
 
 
-# Dataset and collate: resize, normalize, augment, pad to the clip grid
-
 class SignDataset(torch.utils.data.Dataset):
     """Items: frames float (N_pad, 3, S, S) normalized with ImageNet mean/std, N_pad = padded_length(num_clips(N)).
     With cfg.skip_bad an unreadable video gives {"skipped": (name, reason)}, which `collate` reports in the batch."""
