@@ -36,8 +36,7 @@ class DataConfig:
     crop_min_area: float = 0.8    # a random crop keeps at least this fraction of the frame area (aspect kept)
     speed_jitter: float = 0.2     # a training video is resampled at a speed drawn from [1 - j, 1 + j]
     skip_bad: bool = False        # skip (and report) bad samples instead of stopping
-    oracle: str = ""              # primitives | glosses: each clip's ground-truth unit (synthetic data) as its
-                                  # character, in place of VQ-Sign's code: the ceiling of the tokenization (ours)
+    oracle: str = ""              # primitives | glosses: the synthetic truth replaces VQ-Sign's codes (ours: a ceiling)
 
 
 @dataclass
@@ -49,16 +48,12 @@ class Sample:
     signer: str = ""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# reading frames
-
 def _read_image(path):
     """uint8 (H, W, 3) of an image file in any mode: RGB, grey, palette, 16-bit, with alpha."""
     try:
         with Image.open(path) as im:
             if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
-                grey = np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8)
-                return np.repeat(grey[..., None], 3, -1)
+                im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
             if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
                 x = np.asarray(im.convert("RGBA"), np.float32)
                 return (x[..., :3] * x[..., 3:] / 255).round().astype(np.uint8)  # our choice: composited over black
@@ -92,8 +87,7 @@ def read_frames(sample: Sample) -> np.ndarray:
     return v
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# loaders: Phoenix-2014T, CSL-Daily, plain folder. Each yields (name, Sample or DataError) per row.
+# Loaders of Phoenix-2014T, CSL-Daily and a plain folder: each yields (name, Sample or DataError) per row.
 
 def _rows(path, delim, columns):
     """(line number, dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
@@ -101,17 +95,11 @@ def _rows(path, delim, columns):
         raise DataError(f"missing file {path}")
     with open(path, "rb") as f:
         lines = [(i, b) for i, b in enumerate(f.read().splitlines(), 1) if b.strip()]
-    if not lines:
-        raise DataError(f"{path} is empty")
-    try:
-        cols = lines[0][1].decode("utf-8-sig").lower().split(delim)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} line {lines[0][0]}: not valid UTF-8 ({e})") from e
-    if len(cols) == 1:
-        found = [d for d in ",;\t|" if d in cols[0]]
-        raise DataError(f"{path}: header has no {delim!r} delimiter" + (f" (found {found[0]!r})" if found else ""))
-    if missing := [c for c in columns if c not in cols]:
-        raise DataError(f"{path}: header {cols} lacks columns {missing}")
+    cols = lines[0][1].decode("utf-8-sig", "replace").lower().split(delim) if lines else []
+    if missing := [c for c in columns if c not in cols]:  # an empty file, the wrong delimiter, a missing column
+        found = [d for d in ",;\t|" if len(cols) == 1 and d in cols[0]]
+        raise DataError(f"{path}: header {cols} lacks columns {missing}" +
+                        (f", it has no {delim!r} delimiter (found {found[0]!r})" if found else ""))
     for i, b in lines[1:]:
         try:
             fields = b.decode("utf-8").split(delim)
@@ -123,9 +111,8 @@ def _rows(path, delim, columns):
 
 
 def _find(folder, name, suffixes, where):
-    """The first folder/<name><suffix> that exists, else a DataError naming `where`. Annotations are untrusted: a name
-    that is empty, absolute or climbs out of folder is refused (checked on its text; symlinks inside are followed)."""
-    base = os.path.normpath(os.path.join(folder, name))
+    """The first folder/<name><suffix> that exists, else a DataError naming `where`; also for a name that leads out."""
+    base = os.path.normpath(os.path.join(folder, name))  # annotations are untrusted; symlinks inside are followed
     if not base.startswith(os.path.join(os.path.normpath(folder), "")):
         return DataError(f"{where}: the name leads out of {folder}")
     found = [base + x for x in suffixes if os.path.exists(base + x)]
@@ -137,9 +124,9 @@ def _table(path, delim, columns, folder, suffixes, sample):
     for i, row in _rows(path, delim, columns):
         if isinstance(row, DataError):
             yield f"line {i}", row
-            continue
-        p = _find(folder, row["name"], suffixes, f"{path} line {i} ({row['name']})")
-        yield row["name"], p if isinstance(p, DataError) else sample(row, p)
+        else:
+            p = _find(folder, row["name"], suffixes, f"{path} line {i} ({row['name']})")
+            yield row["name"], p if isinstance(p, DataError) else sample(row, p)
 
 
 def _phoenix(root, split):  # frames in <name>/ or, as some copies have it, in <name>/1/
@@ -154,9 +141,8 @@ def _folder(root, split):  # a frame folder <name>/ or a video <name>.mp4 etc.
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):  # plain containers, strings and numbers need no global; refuse all else
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: only plain containers, strings and numbers "
-                                     f"are accepted (a pickle can run code)")
+    def find_class(self, module, name):  # a pickle can run code: only plain containers, strings and numbers pass
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
 def _csl(root, split):
@@ -168,12 +154,11 @@ def _csl(root, split):
             raise TypeError(f"'info' is a {type(info).__name__}")
     except Exception as e:
         raise DataError(f"{pkl}: not a CSL-Daily annotation dict with an 'info' list ({e})") from e
-    names = set()
-    for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split")):
+    rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
+    for r in rows:
         if isinstance(r, DataError):
             raise r  # the split file defines the splits: a bad row there is never skipped
-        if r["split"] == split:
-            names.add(r["name"])
+    names = {r["name"] for r in rows if r["split"] == split}
     for i, e in enumerate(info):
         name = e.get("name") if isinstance(e, dict) else None
         if name is not None and name not in names:
@@ -181,11 +166,11 @@ def _csl(root, split):
         names.discard(name)
         if not (isinstance(name, str) and all(isinstance(e.get(k), list) for k in ("label_word", "label_gloss"))):
             yield f"info[{i}]", DataError(f"{pkl} info[{i}] ({name}): needs name, label_word, label_gloss")
-            continue
-        p = _find(os.path.join(root, CSL_FRAMES), name, ("",), f"{pkl} info[{i}] ({name})")
-        text = "".join(map(str, e["label_word"]))  # Chinese: words joined without spaces; metrics use characters
-        gloss = " ".join(map(str, e["label_gloss"]))
-        yield name, p if isinstance(p, DataError) else Sample(name, text, gloss, p, str(e.get("signer", "")))
+        else:
+            p = _find(os.path.join(root, CSL_FRAMES), name, ("",), f"{pkl} info[{i}] ({name})")
+            text = "".join(map(str, e["label_word"]))  # Chinese: words joined without spaces; metrics use characters
+            gloss = " ".join(map(str, e["label_gloss"]))
+            yield name, p if isinstance(p, DataError) else Sample(name, text, gloss, p, str(e.get("signer", "")))
     for name in sorted(names):
         yield name, DataError(f"{CSL_SPLIT}: {name} is not in {pkl}")
 
@@ -199,8 +184,7 @@ def detect_format(root: str, split: str) -> str:
 
 
 def load_split(root: str, split: str, skip_bad: bool = False, skipped: list | None = None) -> list[Sample]:
-    """The samples of one split (train/dev/test) of a Phoenix-2014T, CSL-Daily or plain-folder data set.
-    A bad row raises DataError; with skip_bad it is left out, reported on stderr and appended to `skipped`."""
+    """The samples of a split. A bad row raises DataError; skip_bad leaves it out, on stderr and in `skipped`."""
     samples, bad = [], []
     for name, s in {"phoenix": _phoenix, "csl": _csl, "folder": _folder}[detect_format(root, split)](root, split):
         if isinstance(s, Sample):
@@ -219,8 +203,16 @@ def load_split(root: str, split: str, skip_bad: bool = False, skipped: list | No
     return samples
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Dataset and collate: resize, normalize, augment, pad to the clip grid
+def read_ground_truth(root: str) -> dict:
+    with open(os.path.join(root, GROUND_TRUTH), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def clip_labels(segments: list, n_frames: int) -> list:
+    """Per clip, the label of the segment [label, start, end) holding the clip's middle frame (None if none)."""
+    mid = [min(t * CLIP_STRIDE + CLIP_LEN // 2, n_frames - 1) for t in range(num_clips(n_frames))]
+    return [next((lab for lab, a, b in segments if a <= m < b), None) for m in mid]
+
 
 class SignDataset(torch.utils.data.Dataset):
     """Items: frames float (N_pad, 3, S, S) normalized with ImageNet mean/std, N_pad = padded_length(num_clips(N)).
@@ -248,8 +240,8 @@ class SignDataset(torch.utils.data.Dataset):
             kept = np.minimum(np.round(np.arange(0, len(v), r)).astype(int), len(v) - 1)
             v = v[kept]
         x = torch.from_numpy(v).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a view
-        H, W = x.shape[-2:]
         if augment and cfg.crop_min_area < 1:  # one random crop for the whole video, aspect ratio kept
+            H, W = x.shape[-2:]
             k = math.sqrt(cfg.crop_min_area + (1 - cfg.crop_min_area) * torch.rand(()).item())
             h, w = max(1, round(H * k)), max(1, round(W * k))
             y0, x0 = int(torch.randint(H - h + 1, ())), int(torch.randint(W - w + 1, ()))
@@ -260,28 +252,24 @@ class SignDataset(torch.utils.data.Dataset):
             x = F.interpolate(x.contiguous().float(), size=(S, S), mode="bilinear", align_corners=False, antialias=True)
         out[:N] = x
         out[N:] = out[N - 1]  # pad to the clip grid by repeating the last frame
-        x = out.sub_(self.mean * 255).div_(self.std * 255)  # ImageNet normalization of x / 255
-        item = {"frames": x, "name": s.name, "text": s.text, "gloss": s.gloss}
+        out.sub_(self.mean * 255).div_(self.std * 255)  # ImageNet normalization of x / 255
+        item = {"frames": out, "name": s.name, "text": s.text, "gloss": s.gloss}
         return dict(item, units=self.units(s.name, kept)) if cfg.oracle else item
 
     def units(self, name, kept):
-        """DataConfig.oracle: each clip's ground-truth unit id, the primitive or gloss at its centre frame (at rest:
-        the last id), through the speed jitter's choice of frames `kept`."""
+        """DataConfig.oracle: (T,) the unit id at each clip's centre among the frames `kept`; at rest the last id."""
         self.gt = getattr(self, "gt", None) or read_ground_truth(self.cfg.root)
         v, ids = self.gt["videos"][name], list(self.gt["lexicon" if self.cfg.oracle == "glosses" else "primitives"])
         per_frame = np.full(v["n_frames"], len(ids))
         for label, a, b in v[self.cfg.oracle]:
             per_frame[a:b] = ids.index(label) if self.cfg.oracle == "glosses" else label
-        per_frame = per_frame[kept]
         centre = np.minimum(np.arange(num_clips(len(kept))) * CLIP_STRIDE + CLIP_LEN // 2, len(kept) - 1)
-        return torch.from_numpy(per_frame[centre])  # (T,)
+        return torch.from_numpy(per_frame[kept][centre])
 
 
 def collate(items: list[dict]) -> dict:
-    """SignDataset items -> a batch: frames (B, N_max, 3, S, S) float, zeros past each video's clip grid;
-    frame_mask (B, N_max) bool; n_frames, n_clips (B,) int64; clip_mask (B, T_max) bool; text, name, gloss lists;
-    skipped [(name, reason)] (skip_bad). Only {"skipped": ...} when every item was skipped (their names still reach
-    the training log)."""
+    """SignDataset items -> a batch: frames zero past each clip grid, masks, n_frames and n_clips, the text, name and
+    gloss lists, units (oracle) and skipped [(name, reason)]; only "skipped" when every item was skipped."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
     items = [it for it in items if "skipped" not in it]
     if not items:
@@ -289,17 +277,16 @@ def collate(items: list[dict]) -> dict:
     n_frames = torch.tensor([len(it["frames"]) for it in items])
     n_clips = torch.tensor([num_clips(int(n)) for n in n_frames])
     frames = torch.nn.utils.rnn.pad_sequence([it["frames"] for it in items], batch_first=True)  # zeros past N_pad
-    return {"frames": frames,                                                            # (B, N_max, 3, S, S)
-            "frame_mask": torch.arange(frames.shape[1])[None] < n_frames[:, None],        # (B, N_max)
-            "n_frames": n_frames, "n_clips": n_clips,
-            "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],       # (B, T_max)
-            "text": [it["text"] for it in items], "name": [it["name"] for it in items],
-            "gloss": [it["gloss"] for it in items], "skipped": skipped,
-            **({"units": torch.nn.utils.rnn.pad_sequence([it["units"] for it in items], True, -1)}  # (B, T_max)
-               if "units" in items[0] else {})}
+    batch = {"frames": frames,                                                            # (B, N_max, 3, S, S)
+             "frame_mask": torch.arange(frames.shape[1])[None] < n_frames[:, None],        # (B, N_max)
+             "n_frames": n_frames, "n_clips": n_clips,                                    # (B,)
+             "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],       # (B, T_max)
+             "skipped": skipped, **{k: [it[k] for it in items] for k in ("text", "name", "gloss")}}
+    if "units" in items[0]:
+        batch["units"] = torch.nn.utils.rnn.pad_sequence([it["units"] for it in items], True, -1)  # (B, T_max)
+    return batch
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # The synthetic sign language: primitives ("characters", Sec. 3.2) -> glosses ("words", Sec. 3.3) -> sentences of a
 # weather-forecast grammar, rendered as a signer with two gloved hands. Gloss order is time-region-content (like DGS);
 # the English puts the region last and adds function words the glosses do not show.
@@ -466,12 +453,6 @@ def _render(poses, signer, H, W, rng):
     return out
 
 
-def clip_labels(segments: list, n_frames: int) -> list:
-    """Per clip, the label of the segment [label, start, end) holding the clip's middle frame (None if none)."""
-    mid = [min(t * CLIP_STRIDE + CLIP_LEN // 2, n_frames - 1) for t in range(num_clips(n_frames))]
-    return [next((lab for lab, a, b in segments if a <= m < b), None) for m in mid]
-
-
 def _write_video(root, lang, seed, H, W, job):
     """Render one video, write its PNG frames, return its ground-truth entry."""
     (split, i, name, (glosses, _, novel)), (prims, lexicon, signers, _) = job, lang
@@ -486,16 +467,10 @@ def _write_video(root, lang, seed, H, W, job):
             "glosses": gloss_seg, "primitives": prim_seg, "holds": holds}
 
 
-def read_ground_truth(root: str) -> dict:
-    with open(os.path.join(root, GROUND_TRUTH), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int = 64, width: int = 64,
                    workers: int = 1) -> dict:
-    """Write the synthetic sign language to `root` in the Phoenix-2014T layout plus ground_truth.json; return the
-    latter. A seed gives the same bytes for any `workers`. Written to ROOT.partial, then renamed: an interrupted run
-    never leaves a data set that looks complete."""
+    """Write the synthetic sign language to `root` (Phoenix-2014T layout, ground_truth.json); return the ground truth.
+    A seed gives the same bytes for any `workers`; written to ROOT.partial, then renamed."""
     tmp = root.rstrip("/") + ".partial"
     if os.path.exists(root) or (os.path.exists(tmp) and not os.path.isfile(os.path.join(tmp, ".partial"))):
         raise FileExistsError(f"{root} or {tmp} exists; remove it or choose another folder")
@@ -531,11 +506,9 @@ def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--make-synthetic", metavar="ROOT", help="write the synthetic sign language to ROOT")
-    ap.add_argument("--seed", type=int, default=0)
+    for k, default in (("seed", 0), ("height", 64), ("width", 64), ("workers", 1)):
+        ap.add_argument(f"--{k}", type=int, default=default)
     ap.add_argument("--size", choices=list(SIZES), default="default")
-    ap.add_argument("--height", type=int, default=64)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--check", metavar="ROOT", help="load every split of ROOT and decode every video")
     ap.add_argument("--skip-bad", action="store_true")
     a = ap.parse_args()
