@@ -54,10 +54,9 @@ def _read_image(path):
         with Image.open(path) as im:
             if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
                 im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-                x = np.asarray(im.convert("RGBA"), np.float32)
-                return (x[..., :3] * x[..., 3:] / 255).round().astype(np.uint8)  # our choice: composited over black
-            return np.asarray(im.convert("RGB"))
+            if im.mode != "RGB" or "transparency" in im.info:  # our choice: alpha composited over black,
+                im = im.convert("RGBA").convert("RGBa")  # as RGBa holds it: colour * alpha / 255, rounded
+            return np.asarray(im)[..., :3]
     except Exception as e:  # Pillow raises several types for truncated or foreign files
         raise DataError(f"unreadable image {path}: {e}") from e
 
@@ -75,8 +74,6 @@ def read_frames(sample: Sample) -> np.ndarray:
             if x.shape != frames[0].shape:
                 raise DataError(f"frame {os.path.join(p, f)} is {x.shape}, the first frame of {p} is {frames[0].shape}")
         return np.stack(frames)
-    if not os.path.isfile(p):
-        raise DataError(f"sample {sample.name!r}: no frame folder or video at {p}")
     gif = p.lower().endswith(".gif")
     try:  # GIF through Pillow; other videos through imageio's pyav plugin (FFmpeg, shipped in the `av` wheel)
         v = np.asarray(iio.imread(p, index=None, **({"mode": "RGB"} if gif else {"plugin": "pyav", "format": "rgb24"})))
@@ -90,7 +87,7 @@ def read_frames(sample: Sample) -> np.ndarray:
 # Loaders of Phoenix-2014T, CSL-Daily and a plain folder: each yields (name, Sample or DataError) per row.
 
 def _rows(path, delim, columns):
-    """(line number, dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
+    """(tag "line N", dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
     if not os.path.isfile(path):
         raise DataError(f"missing file {path}")
     with open(path, "rb") as f:
@@ -104,40 +101,39 @@ def _rows(path, delim, columns):
         try:
             fields = b.decode("utf-8").split(delim)
         except UnicodeDecodeError as e:
-            yield i, DataError(f"{path} line {i}: not valid UTF-8 ({e})")
+            yield f"line {i}", DataError(f"{path} line {i}: not valid UTF-8 ({e})")
             continue
-        yield i, dict(zip(cols, fields)) if len(fields) == len(cols) else \
+        yield f"line {i}", dict(zip(cols, fields)) if len(fields) == len(cols) else \
             DataError(f"{path} line {i}: {len(fields)} fields, header has {len(cols)}")
 
 
-def _find(folder, name, suffixes, where):
-    """The first folder/<name><suffix> that exists, else a DataError naming `where`; also for a name that leads out."""
-    base = os.path.normpath(os.path.join(folder, name))  # annotations are untrusted; symlinks inside are followed
-    if not base.startswith(os.path.join(os.path.normpath(folder), "")):
-        return DataError(f"{where}: the name leads out of {folder}")
-    found = [base + x for x in suffixes if os.path.exists(base + x)]
-    return found[0] if found else DataError(f"{where}: missing frame folder or video {base}")
-
-
-def _table(path, delim, columns, folder, suffixes, sample):
-    """(name, Sample or DataError) per row of an annotation table whose rows name folder/<name><suffix>."""
-    for i, row in _rows(path, delim, columns):
+def _samples(path, rows, folder, suffixes, fields):
+    """(name, Sample or DataError) per (tag, row or DataError) of the annotation file `path`. A row's video is the
+    first folder/<name><suffix> that exists; fields(row) gives its text, gloss and signer."""
+    for tag, row in rows:
         if isinstance(row, DataError):
-            yield f"line {i}", row
+            yield tag, row
+            continue
+        name, where = row["name"], f"{path} {tag} ({row['name']})"
+        base = os.path.normpath(os.path.join(folder, name))  # annotations are untrusted; symlinks inside are followed
+        if not base.startswith(os.path.join(os.path.normpath(folder), "")):
+            yield name, DataError(f"{where}: the name leads out of {folder}")
+        elif found := [base + x for x in suffixes if os.path.exists(base + x)]:
+            yield name, Sample(name=name, path=found[0], **fields(row))
         else:
-            p = _find(folder, row["name"], suffixes, f"{path} line {i} ({row['name']})")
-            yield row["name"], p if isinstance(p, DataError) else sample(row, p)
+            yield name, DataError(f"{where}: missing frame folder or video {base}")
 
 
 def _phoenix(root, split):  # frames in <name>/ or, as some copies have it, in <name>/1/
-    return _table(os.path.join(root, PHOENIX_CSV.format(split=split)), "|", PHOENIX_COLUMNS,
-                  os.path.join(root, PHOENIX_FRAMES.format(split=split)), (os.sep + "1", ""),
-                  lambda r, p: Sample(r["name"], r["translation"], r["orth"], p, r["speaker"]))
+    csv = os.path.join(root, PHOENIX_CSV.format(split=split))
+    return _samples(csv, _rows(csv, "|", PHOENIX_COLUMNS), os.path.join(root, PHOENIX_FRAMES.format(split=split)),
+                    (os.sep + "1", ""), lambda r: dict(text=r["translation"], gloss=r["orth"], signer=r["speaker"]))
 
 
 def _folder(root, split):  # a frame folder <name>/ or a video <name>.mp4 etc.
-    return _table(os.path.join(root, f"{split}.tsv"), "\t", ("name", "translation"), os.path.join(root, split),
-                  ("",) + VIDEO_EXTS, lambda r, p: Sample(r["name"], r["translation"], r.get("gloss"), p))
+    tsv = os.path.join(root, f"{split}.tsv")
+    return _samples(tsv, _rows(tsv, "\t", ("name", "translation")), os.path.join(root, split), ("",) + VIDEO_EXTS,
+                    lambda r: dict(text=r["translation"], gloss=r.get("gloss")))
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -154,25 +150,22 @@ def _csl(root, split):
             raise TypeError(f"'info' is a {type(info).__name__}")
     except Exception as e:
         raise DataError(f"{pkl}: not a CSL-Daily annotation dict with an 'info' list ({e})") from e
-    rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
-    for r in rows:
+    split_rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
+    for r in split_rows:
         if isinstance(r, DataError):
             raise r  # the split file defines the splits: a bad row there is never skipped
-    names = {r["name"] for r in rows if r["split"] == split}
+    names, rows = {r["name"] for r in split_rows if r["split"] == split}, []
     for i, e in enumerate(info):
         name = e.get("name") if isinstance(e, dict) else None
-        if name is not None and name not in names:
-            continue
-        names.discard(name)
-        if not (isinstance(name, str) and all(isinstance(e.get(k), list) for k in ("label_word", "label_gloss"))):
-            yield f"info[{i}]", DataError(f"{pkl} info[{i}] ({name}): needs name, label_word, label_gloss")
-        else:
-            p = _find(os.path.join(root, CSL_FRAMES), name, ("",), f"{pkl} info[{i}] ({name})")
-            text = "".join(map(str, e["label_word"]))  # Chinese: words joined without spaces; metrics use characters
-            gloss = " ".join(map(str, e["label_gloss"]))
-            yield name, p if isinstance(p, DataError) else Sample(name, text, gloss, p, str(e.get("signer", "")))
-    for name in sorted(names):
-        yield name, DataError(f"{CSL_SPLIT}: {name} is not in {pkl}")
+        if name is None or name in names:
+            names.discard(name)
+            tag = f"info[{i}]"
+            ok = isinstance(name, str) and all(isinstance(e.get(k), list) for k in ("label_word", "label_gloss"))
+            rows.append((tag, e if ok else DataError(f"{pkl} {tag} ({name}): needs name, label_word, label_gloss")))
+    rows += [(name, DataError(f"{CSL_SPLIT}: {name} is not in {pkl}")) for name in sorted(names)]
+    return _samples(pkl, rows, os.path.join(root, CSL_FRAMES), ("",), lambda e: dict(
+        text="".join(map(str, e["label_word"])),  # Chinese: words joined without spaces; metrics use characters
+        gloss=" ".join(map(str, e["label_gloss"])), signer=str(e.get("signer", ""))))
 
 
 def detect_format(root: str, split: str) -> str:
