@@ -1,7 +1,6 @@
 """Sign language video data (Sec. 3.2, 4.1): Phoenix-2014T, CSL-Daily and plain-folder loaders, a Dataset that pads
 each video to the clip grid of vq.py (13-frame clips, a new one every 4 frames), and a synthetic sign language in the
-Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`).
-"""
+Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
 import argparse, functools, json, math, os, pickle, re, shutil, sys, time
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -48,43 +47,37 @@ class Sample:
     signer: str = ""
 
 
-def _read_image(path):
-    """uint8 (H, W, 3) of an image file in any mode: RGB, grey, palette, 16-bit, with alpha."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
-                im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
-            if im.mode != "RGB" or "transparency" in im.info:  # our choice: alpha composited over black,
-                im = im.convert("RGBA").convert("RGBa")  # as RGBa holds it: colour * alpha / 255, rounded
-            return np.asarray(im)[..., :3]
-    except Exception as e:  # Pillow raises several types for truncated or foreign files
-        raise DataError(f"unreadable image {path}: {e}") from e
-
-
 def read_frames(sample: Sample) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of a frame folder (images in natural order) or of a video file."""
+    """uint8 (T, H, W, 3) frames of a video file, or of a frame folder: its images in natural order, in any mode."""
     p = sample.path
-    if os.path.isdir(p):
-        key = lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]  # 'images10' after 'images9'
-        files = sorted((f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)), key=key)
-        if not files:
-            raise DataError(f"no frames ({'/'.join(IMAGE_EXTS)}) in {p}")
-        frames = [_read_image(os.path.join(p, f)) for f in files]
-        for f, x in zip(files, frames):
-            if x.shape != frames[0].shape:
-                raise DataError(f"frame {os.path.join(p, f)} is {x.shape}, the first frame of {p} is {frames[0].shape}")
-        return np.stack(frames)
-    gif = p.lower().endswith(".gif")
-    try:  # GIF through Pillow; other videos through imageio's pyav plugin (FFmpeg, shipped in the `av` wheel)
-        v = np.asarray(iio.imread(p, index=None, **({"mode": "RGB"} if gif else {"plugin": "pyav", "format": "rgb24"})))
-    except Exception as e:
-        raise DataError(f"unreadable video {p}: {e}") from e
-    if v.ndim != 4 or len(v) == 0 or v.shape[-1] != 3 or v.dtype != np.uint8:
-        raise DataError(f"empty or malformed video {p}: array of shape {v.shape}, {v.dtype}")
-    return v
+    if not os.path.isdir(p):
+        kw = {"mode": "RGB"} if p.lower().endswith(".gif") else {"plugin": "pyav", "format": "rgb24"}
+        try:  # GIF through Pillow; other videos through imageio's pyav plugin (FFmpeg, shipped in the `av` wheel)
+            v = np.asarray(iio.imread(p, index=None, **kw))
+        except Exception as e:
+            raise DataError(f"unreadable video {p}: {e}") from e
+        if v.ndim != 4 or len(v) == 0 or v.shape[-1] != 3 or v.dtype != np.uint8:
+            raise DataError(f"empty or malformed video {p}: array of shape {v.shape}, {v.dtype}")
+        return v
+    key = lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]  # 'images10' after 'images9'
+    frames = []
+    for name in sorted((f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)), key=key):
+        f = os.path.join(p, name)
+        try:
+            with Image.open(f) as im:
+                if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
+                    im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
+                if im.mode != "RGB" or "transparency" in im.info:  # our choice: alpha composited over black,
+                    im = im.convert("RGBA").convert("RGBa")  # as RGBa holds it: colour * alpha / 255, rounded
+                frames.append(np.asarray(im)[..., :3])
+        except Exception as e:  # Pillow raises several types for truncated or foreign files
+            raise DataError(f"unreadable image {f}: {e}") from e
+        if frames[-1].shape != frames[0].shape:
+            raise DataError(f"frame {f} is {frames[-1].shape}, the first frame of {p} is {frames[0].shape}")
+    if not frames:
+        raise DataError(f"no frames ({'/'.join(IMAGE_EXTS)}) in {p}")
+    return np.stack(frames)
 
-
-# Loaders of Phoenix-2014T, CSL-Daily and a plain folder: each yields (name, Sample or DataError) per row.
 
 def _rows(path, delim, columns):
     """(tag "line N", dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
@@ -208,8 +201,7 @@ def clip_labels(segments: list, n_frames: int) -> list:
 
 
 class SignDataset(torch.utils.data.Dataset):
-    """Items: frames float (N_pad, 3, S, S) normalized with ImageNet mean/std, N_pad = padded_length(num_clips(N)).
-    With cfg.skip_bad an unreadable video gives {"skipped": (name, reason)}, which `collate` reports in the batch."""
+    """Items: a video's frames, ImageNet-normalized and padded to the clip grid, with its name, text and gloss."""
 
     def __init__(self, samples: list[Sample], cfg: DataConfig, train: bool):
         self.samples, self.cfg, self.train = samples, cfg, train
@@ -261,8 +253,7 @@ class SignDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """SignDataset items -> a batch: frames zero past each clip grid, masks, n_frames and n_clips, the text, name and
-    gloss lists, units (oracle) and skipped [(name, reason)]; only "skipped" when every item was skipped."""
+    """SignDataset items -> a batch, padded with zeros; only {"skipped": [(name, reason)]} if every item was skipped."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
     items = [it for it in items if "skipped" not in it]
     if not items:
@@ -415,12 +406,17 @@ def _poses(glosses, lexicon, prims, rng, speed):
     return frames + [rest] * int(rng.integers(1, 3)), prim_seg, gloss_seg, holds
 
 
-def _render(poses, signer, H, W, rng):
-    """uint8 (T, H, W, 3): background, body, head, two gloved hands as anti-aliased blobs, then noise."""
-    sc, m = signer["scale"], min(H, W)
+def _write_video(root, lang, seed, H, W, job):
+    """Write one video's PNG frames (body, head, two gloved hands as anti-aliased blobs, noise); return its truth."""
+    (split, i, name, (glosses, _, novel)), (prims, lexicon, signers, _) = job, lang
+    rng = np.random.default_rng([seed, ("train", "dev", "test").index(split), i])  # one stream per video
+    signer, speed = int(rng.integers(len(signers))), round(float(rng.uniform(.7, 1.3)), 3)  # speed > 1: slower
+    poses, prim_seg, gloss_seg, holds = _poses(glosses, lexicon, prims, rng, speed)
+    look, m = signers[signer], min(H, W)
+    sc = look["scale"]
 
     def blob(img, x, y, shape, r, colour):  # drawn in a window around the blob
-        cx, cy, r = (.5 + sc * (x - .5) + signer["dx"]) * W, (.6 + sc * (y - .6) + signer["dy"]) * H, r * sc * m
+        cx, cy, r = (.5 + sc * (x - .5) + look["dx"]) * W, (.6 + sc * (y - .6) + look["dy"]) * H, r * sc * m
         y0, y1 = max(int(cy - 2 * r - 2), 0), min(int(cy + 2 * r + 3), H)
         x0, x1 = max(int(cx - 2 * r - 2), 0), min(int(cx + 2 * r + 3), W)
         (a, b, hole), dx, dy = BLOBS[shape], np.arange(x0, x1)[None] - cx, np.arange(y0, y1)[:, None] - cy
@@ -429,42 +425,29 @@ def _render(poses, signer, H, W, rng):
         alpha = np.clip(.5 - d * r * min(a, b), 0, 1)[..., None]  # (h, w, 1); d * r * min(a, b) ~ distance in pixels
         img[y0:y1, x0:x1] += alpha * (np.asarray(colour, np.float32) - img[y0:y1, x0:x1])
 
-    body = np.broadcast_to(np.asarray(signer["bg"], np.float32), (H, W, 3)).copy()
-    blob(body, .5, 1.0, "body", .34, signer["shirt"])
-    blob(body, .5, .25, "fist", .13, signer["skin"])
-    out, gh, gw = np.empty((len(poses), H, W, 3), np.uint8), -(-H // 8), -(-W // 8)
-    for t, (xy, shape, nxy, nshape) in enumerate(poses):
-        img = body.copy()
-        blob(img, *nxy, nshape, .075, signer["glove"])
-        blob(img, *xy, shape, .075, signer["glove"])
-        low = rng.normal(0, signer["noise"], (gh, gw, 3)).astype(np.float32)  # lighting noise, constant in 8x8 cells
-        img += low.repeat(8, 0).repeat(8, 1)[:H, :W]
-        u = rng.random((H, W))  # sensor speckle: +-25 on a fraction `speckle` of the pixels
-        img[u < signer["speckle"] / 2] -= 25
-        img[u > 1 - signer["speckle"] / 2] += 25
-        out[t] = np.clip(img, 0, 255)
-    return out
-
-
-def _write_video(root, lang, seed, H, W, job):
-    """Render one video, write its PNG frames, return its ground-truth entry."""
-    (split, i, name, (glosses, _, novel)), (prims, lexicon, signers, _) = job, lang
-    rng = np.random.default_rng([seed, ("train", "dev", "test").index(split), i])  # one stream per video
-    signer, speed = int(rng.integers(len(signers))), round(float(rng.uniform(.7, 1.3)), 3)  # speed > 1: slower
-    poses, prim_seg, gloss_seg, holds = _poses(glosses, lexicon, prims, rng, speed)
+    body = np.broadcast_to(np.asarray(look["bg"], np.float32), (H, W, 3)).copy()
+    blob(body, .5, 1.0, "body", .34, look["shirt"])
+    blob(body, .5, .25, "fist", .13, look["skin"])
     d = os.path.join(root, PHOENIX_FRAMES.format(split=split), name)
     os.makedirs(d)
-    for t, img in enumerate(_render(poses, signers[signer], H, W, rng), 1):
-        Image.fromarray(img).save(os.path.join(d, f"images{t:04d}.png"), compress_level=1)
+    for t, (xy, shape, nxy, nshape) in enumerate(poses, 1):
+        img = body.copy()
+        blob(img, *nxy, nshape, .075, look["glove"])
+        blob(img, *xy, shape, .075, look["glove"])
+        low = rng.normal(0, look["noise"], (-(-H // 8), -(-W // 8), 3)).astype(np.float32)  # constant in 8x8 cells
+        img += low.repeat(8, 0).repeat(8, 1)[:H, :W]  # lighting noise
+        u = rng.random((H, W))  # sensor speckle: +-25 on a fraction `speckle` of the pixels
+        img[u < look["speckle"] / 2] -= 25
+        img[u > 1 - look["speckle"] / 2] += 25
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(f"{d}/images{t:04d}.png", compress_level=1)
     return {"split": split, "signer": signer, "speed": speed, "n_frames": len(poses), "novel_pair": novel,
             "glosses": gloss_seg, "primitives": prim_seg, "holds": holds}
 
 
 def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int = 64, width: int = 64,
                    workers: int = 1) -> dict:
-    """Write the synthetic sign language to `root` (Phoenix-2014T layout, ground_truth.json); return the ground truth.
-    A seed gives the same bytes for any `workers`; written to ROOT.partial, then renamed."""
-    tmp = root.rstrip("/") + ".partial"
+    """Write the synthetic sign language to `root` and return its ground truth: the same bytes for any `workers`."""
+    tmp = root.rstrip("/") + ".partial"  # written here, then renamed
     if os.path.exists(root) or (os.path.exists(tmp) and not os.path.isfile(os.path.join(tmp, ".partial"))):
         raise FileExistsError(f"{root} or {tmp} exists; remove it or choose another folder")
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted run's leftovers (it has the .partial marker)
@@ -508,8 +491,7 @@ if __name__ == "__main__":
     if a.make_synthetic:
         t0 = time.time()
         gt = make_synthetic(a.make_synthetic, a.seed, a.size, a.height, a.width, a.workers)
-        n = sum(v["n_frames"] for v in gt["videos"].values())
-        print(f"wrote {len(gt['videos'])} videos, {n} frames to {a.make_synthetic} in {time.time() - t0:.1f} s")
+        print(f"wrote {len(gt['videos'])} videos to {a.make_synthetic} in {time.time() - t0:.1f} s")
     for split in ("train", "dev", "test") if a.check else ():  # decodes every video; bad ones reported on stderr
         ds = SignDataset(load_split(a.check, split, a.skip_bad), DataConfig(skip_bad=a.skip_bad), train=False)
         print(f"{split}: {sum('frames' in ds[i] for i in range(len(ds)))} of {len(ds)} videos read")
