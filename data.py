@@ -1,9 +1,8 @@
 """Sign language video data (Sec. 3.2, 4.1): Phoenix-2014T, CSL-Daily and plain-folder loaders, a Dataset that pads
 each video to the clip grid of vq.py (13-frame clips, a new one every 4 frames), and a synthetic sign language in the
 Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
-import argparse, functools, json, math, os, pickle, re, shutil, sys, time
+import argparse, functools, json, math, multiprocessing, os, pickle, re, shutil, sys, time
 from dataclasses import dataclass
-from multiprocessing import Pool
 
 import imageio.v3 as iio
 import numpy as np
@@ -101,8 +100,7 @@ def _rows(path, delim, columns):
 
 
 def _samples(path, rows, folder, suffixes, fields):
-    """(name, Sample or DataError) per (tag, row or DataError) of the annotation file `path`. A row's video is the
-    first folder/<name><suffix> that exists; fields(row) gives its text, gloss and signer."""
+    """(name, Sample or DataError) per (tag, row) of annotation file `path`; a video is the first folder/<name><suffix>."""
     for tag, row in rows:
         if isinstance(row, DataError):
             yield tag, row
@@ -115,18 +113,6 @@ def _samples(path, rows, folder, suffixes, fields):
             yield name, Sample(name=name, path=found[0], **fields(row))
         else:
             yield name, DataError(f"{where}: missing frame folder or video {base}")
-
-
-def _phoenix(root, split):  # frames in <name>/ or, as some copies have it, in <name>/1/
-    csv = os.path.join(root, PHOENIX_CSV.format(split=split))
-    return _samples(csv, _rows(csv, "|", PHOENIX_COLUMNS), os.path.join(root, PHOENIX_FRAMES.format(split=split)),
-                    (os.sep + "1", ""), lambda r: dict(text=r["translation"], gloss=r["orth"], signer=r["speaker"]))
-
-
-def _folder(root, split):  # a frame folder <name>/ or a video <name>.mp4 etc.
-    tsv = os.path.join(root, f"{split}.tsv")
-    return _samples(tsv, _rows(tsv, "\t", ("name", "translation")), os.path.join(root, split), ("",) + VIDEO_EXTS,
-                    lambda r: dict(text=r["translation"], gloss=r.get("gloss")))
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -144,9 +130,8 @@ def _csl(root, split):
     except Exception as e:
         raise DataError(f"{pkl}: not a CSL-Daily annotation dict with an 'info' list ({e})") from e
     split_rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
-    for r in split_rows:
-        if isinstance(r, DataError):
-            raise r  # the split file defines the splits: a bad row there is never skipped
+    if errors := [r for r in split_rows if isinstance(r, DataError)]:
+        raise errors[0]  # the split file defines the splits: a bad row there is never skipped
     names, rows = {r["name"] for r in split_rows if r["split"] == split}, []
     for i, e in enumerate(info):
         name = e.get("name") if isinstance(e, dict) else None
@@ -171,8 +156,18 @@ def detect_format(root: str, split: str) -> str:
 
 def load_split(root: str, split: str, skip_bad: bool = False, skipped: list | None = None) -> list[Sample]:
     """The samples of a split. A bad row raises DataError; skip_bad leaves it out, on stderr and in `skipped`."""
-    samples, bad = [], []
-    for name, s in {"phoenix": _phoenix, "csl": _csl, "folder": _folder}[detect_format(root, split)](root, split):
+    fmt, samples, bad = detect_format(root, split), [], []
+    if fmt == "phoenix":  # frames in <name>/ or, as some copies have it, in <name>/1/
+        csv = os.path.join(root, PHOENIX_CSV.format(split=split))
+        rows = _samples(csv, _rows(csv, "|", PHOENIX_COLUMNS), os.path.join(root, PHOENIX_FRAMES.format(split=split)),
+                        (os.sep + "1", ""), lambda r: dict(text=r["translation"], gloss=r["orth"], signer=r["speaker"]))
+    elif fmt == "folder":  # a frame folder <name>/ or a video <name>.mp4 etc.
+        tsv = os.path.join(root, f"{split}.tsv")
+        rows = _samples(tsv, _rows(tsv, "\t", ("name", "translation")), os.path.join(root, split), ("",) + VIDEO_EXTS,
+                        lambda r: dict(text=r["translation"], gloss=r.get("gloss")))
+    else:
+        rows = _csl(root, split)
+    for name, s in rows:
         if isinstance(s, Sample):
             samples.append(s)
         elif skip_bad:
@@ -255,8 +250,7 @@ class SignDataset(torch.utils.data.Dataset):
 def collate(items: list[dict]) -> dict:
     """SignDataset items -> a batch, padded with zeros; only {"skipped": [(name, reason)]} if every item was skipped."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
-    items = [it for it in items if "skipped" not in it]
-    if not items:
+    if not (items := [it for it in items if "skipped" not in it]):
         return {"skipped": skipped}
     n_frames = torch.tensor([len(it["frames"]) for it in items])
     n_clips = torch.tensor([num_clips(int(n)) for n in n_frames])
@@ -350,8 +344,7 @@ def _language(rng):
 
 
 def _splits(rng, sizes, heldout):
-    """Train never signs a held-out (region, weather) pair and holds every gloss (if it has room); every other
-    dev/test sentence signs one. Dev/test gloss sequences are never in train nor repeated."""
+    """Train: every gloss (room allowing), no held-out pair. Dev/test: unseen, every other signs a held-out pair."""
     def draw(ok):
         for _ in range(100_000):
             g, text, pairs = _sentence(rng)
@@ -459,7 +452,7 @@ def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int 
     jobs = [(s, i, f"synth-{s}-{i:05d}", row) for s in ("train", "dev", "test") for i, row in enumerate(splits[s])]
     write = functools.partial(_write_video, tmp, lang, seed, height, width)
     if workers > 1:
-        with Pool(workers) as pool:
+        with multiprocessing.Pool(workers) as pool:
             entries = pool.map(write, jobs, chunksize=4)
     else:
         entries = list(map(write, jobs))
