@@ -100,7 +100,7 @@ def _rows(path, delim, columns):
 
 
 def _samples(path, rows, folder, suffixes, fields):
-    """(name, Sample or DataError) per (tag, row) of annotation file `path`; a video is the first folder/<name><suffix>."""
+    """(name, Sample or DataError) per (tag, row) of annotation file `path`; the video: first folder/<name><suffix>."""
     for tag, row in rows:
         if isinstance(row, DataError):
             yield tag, row
