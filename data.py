@@ -1,10 +1,8 @@
 """Sign language video data (Sec. 3.2, 4.1): Phoenix-2014T, CSL-Daily and plain-folder loaders, a Dataset that pads
 each video to the clip grid of vq.py (13-frame clips, a new one every 4 frames), and a synthetic sign language in the
-Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`).
-"""
-import argparse, functools, json, math, os, pickle, re, shutil, sys, time
+Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
+import argparse, functools, json, math, multiprocessing, os, pickle, re, shutil, sys, time
 from dataclasses import dataclass
-from multiprocessing import Pool
 
 import imageio.v3 as iio
 import numpy as np
@@ -48,49 +46,40 @@ class Sample:
     signer: str = ""
 
 
-def _read_image(path):
-    """uint8 (H, W, 3) of an image file in any mode: RGB, grey, palette, 16-bit, with alpha."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
-                im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-                x = np.asarray(im.convert("RGBA"), np.float32)
-                return (x[..., :3] * x[..., 3:] / 255).round().astype(np.uint8)  # our choice: composited over black
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:  # Pillow raises several types for truncated or foreign files
-        raise DataError(f"unreadable image {path}: {e}") from e
-
-
 def read_frames(sample: Sample) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of a frame folder (images in natural order) or of a video file."""
+    """uint8 (T, H, W, 3) frames of a video file, or of a frame folder: its images in natural order, in any mode."""
     p = sample.path
-    if os.path.isdir(p):
-        key = lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]  # 'images10' after 'images9'
-        files = sorted((f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)), key=key)
-        if not files:
-            raise DataError(f"no frames ({'/'.join(IMAGE_EXTS)}) in {p}")
-        frames = [_read_image(os.path.join(p, f)) for f in files]
-        for f, x in zip(files, frames):
-            if x.shape != frames[0].shape:
-                raise DataError(f"frame {os.path.join(p, f)} is {x.shape}, the first frame of {p} is {frames[0].shape}")
-        return np.stack(frames)
-    if not os.path.isfile(p):
-        raise DataError(f"sample {sample.name!r}: no frame folder or video at {p}")
-    gif = p.lower().endswith(".gif")
-    try:  # GIF through Pillow; other videos through imageio's pyav plugin (FFmpeg, shipped in the `av` wheel)
-        v = np.asarray(iio.imread(p, index=None, **({"mode": "RGB"} if gif else {"plugin": "pyav", "format": "rgb24"})))
-    except Exception as e:
-        raise DataError(f"unreadable video {p}: {e}") from e
-    if v.ndim != 4 or len(v) == 0 or v.shape[-1] != 3 or v.dtype != np.uint8:
-        raise DataError(f"empty or malformed video {p}: array of shape {v.shape}, {v.dtype}")
-    return v
+    if not os.path.isdir(p):
+        kw = {"mode": "RGB"} if p.lower().endswith(".gif") else {"plugin": "pyav", "format": "rgb24"}
+        try:  # GIF through Pillow; other videos through imageio's pyav plugin (FFmpeg, shipped in the `av` wheel)
+            v = np.asarray(iio.imread(p, index=None, **kw))
+        except Exception as e:
+            raise DataError(f"unreadable video {p}: {e}") from e
+        if v.ndim != 4 or len(v) == 0 or v.shape[-1] != 3 or v.dtype != np.uint8:
+            raise DataError(f"empty or malformed video {p}: array of shape {v.shape}, {v.dtype}")
+        return v
+    key = lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f)]  # 'images10' after 'images9'
+    frames = []
+    for name in sorted((f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS)), key=key):
+        f = os.path.join(p, name)
+        try:
+            with Image.open(f) as im:
+                if im.mode.startswith("I"):  # 16-bit grey (I;16) or 32-bit integer: 0..65535 -> 0..255
+                    im = Image.fromarray(np.clip(np.asarray(im, np.float64) / 257, 0, 255).round().astype(np.uint8))
+                if im.mode != "RGB" or "transparency" in im.info:  # our choice: alpha composited over black,
+                    im = im.convert("RGBA").convert("RGBa")  # as RGBa holds it: colour * alpha / 255, rounded
+                frames.append(np.asarray(im)[..., :3])
+        except Exception as e:  # Pillow raises several types for truncated or foreign files
+            raise DataError(f"unreadable image {f}: {e}") from e
+        if frames[-1].shape != frames[0].shape:
+            raise DataError(f"frame {f} is {frames[-1].shape}, the first frame of {p} is {frames[0].shape}")
+    if not frames:
+        raise DataError(f"no frames ({'/'.join(IMAGE_EXTS)}) in {p}")
+    return np.stack(frames)
 
-
-# Loaders of Phoenix-2014T, CSL-Daily and a plain folder: each yields (name, Sample or DataError) per row.
 
 def _rows(path, delim, columns):
-    """(line number, dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
+    """(tag "line N", dict or DataError) per row of a delimited UTF-8 file whose header holds `columns`, in any case."""
     if not os.path.isfile(path):
         raise DataError(f"missing file {path}")
     with open(path, "rb") as f:
@@ -104,40 +93,26 @@ def _rows(path, delim, columns):
         try:
             fields = b.decode("utf-8").split(delim)
         except UnicodeDecodeError as e:
-            yield i, DataError(f"{path} line {i}: not valid UTF-8 ({e})")
+            yield f"line {i}", DataError(f"{path} line {i}: not valid UTF-8 ({e})")
             continue
-        yield i, dict(zip(cols, fields)) if len(fields) == len(cols) else \
+        yield f"line {i}", dict(zip(cols, fields)) if len(fields) == len(cols) else \
             DataError(f"{path} line {i}: {len(fields)} fields, header has {len(cols)}")
 
 
-def _find(folder, name, suffixes, where):
-    """The first folder/<name><suffix> that exists, else a DataError naming `where`; also for a name that leads out."""
-    base = os.path.normpath(os.path.join(folder, name))  # annotations are untrusted; symlinks inside are followed
-    if not base.startswith(os.path.join(os.path.normpath(folder), "")):
-        return DataError(f"{where}: the name leads out of {folder}")
-    found = [base + x for x in suffixes if os.path.exists(base + x)]
-    return found[0] if found else DataError(f"{where}: missing frame folder or video {base}")
-
-
-def _table(path, delim, columns, folder, suffixes, sample):
-    """(name, Sample or DataError) per row of an annotation table whose rows name folder/<name><suffix>."""
-    for i, row in _rows(path, delim, columns):
+def _samples(path, rows, folder, suffixes, fields):
+    """(name, Sample or DataError) per (tag, row) of annotation file `path`; the video: first folder/<name><suffix>."""
+    for tag, row in rows:
         if isinstance(row, DataError):
-            yield f"line {i}", row
+            yield tag, row
+            continue
+        name, where = row["name"], f"{path} {tag} ({row['name']})"
+        base = os.path.normpath(os.path.join(folder, name))  # annotations are untrusted; symlinks inside are followed
+        if not base.startswith(os.path.join(os.path.normpath(folder), "")):
+            yield name, DataError(f"{where}: the name leads out of {folder}")
+        elif found := [base + x for x in suffixes if os.path.exists(base + x)]:
+            yield name, Sample(name=name, path=found[0], **fields(row))
         else:
-            p = _find(folder, row["name"], suffixes, f"{path} line {i} ({row['name']})")
-            yield row["name"], p if isinstance(p, DataError) else sample(row, p)
-
-
-def _phoenix(root, split):  # frames in <name>/ or, as some copies have it, in <name>/1/
-    return _table(os.path.join(root, PHOENIX_CSV.format(split=split)), "|", PHOENIX_COLUMNS,
-                  os.path.join(root, PHOENIX_FRAMES.format(split=split)), (os.sep + "1", ""),
-                  lambda r, p: Sample(r["name"], r["translation"], r["orth"], p, r["speaker"]))
-
-
-def _folder(root, split):  # a frame folder <name>/ or a video <name>.mp4 etc.
-    return _table(os.path.join(root, f"{split}.tsv"), "\t", ("name", "translation"), os.path.join(root, split),
-                  ("",) + VIDEO_EXTS, lambda r, p: Sample(r["name"], r["translation"], r.get("gloss"), p))
+            yield name, DataError(f"{where}: missing frame folder or video {base}")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -154,25 +129,21 @@ def _csl(root, split):
             raise TypeError(f"'info' is a {type(info).__name__}")
     except Exception as e:
         raise DataError(f"{pkl}: not a CSL-Daily annotation dict with an 'info' list ({e})") from e
-    rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
-    for r in rows:
-        if isinstance(r, DataError):
-            raise r  # the split file defines the splits: a bad row there is never skipped
-    names = {r["name"] for r in rows if r["split"] == split}
+    split_rows = [r for _, r in _rows(os.path.join(root, CSL_SPLIT), "|", ("name", "split"))]
+    if errors := [r for r in split_rows if isinstance(r, DataError)]:
+        raise errors[0]  # the split file defines the splits: a bad row there is never skipped
+    names, rows = {r["name"] for r in split_rows if r["split"] == split}, []
     for i, e in enumerate(info):
         name = e.get("name") if isinstance(e, dict) else None
-        if name is not None and name not in names:
-            continue
-        names.discard(name)
-        if not (isinstance(name, str) and all(isinstance(e.get(k), list) for k in ("label_word", "label_gloss"))):
-            yield f"info[{i}]", DataError(f"{pkl} info[{i}] ({name}): needs name, label_word, label_gloss")
-        else:
-            p = _find(os.path.join(root, CSL_FRAMES), name, ("",), f"{pkl} info[{i}] ({name})")
-            text = "".join(map(str, e["label_word"]))  # Chinese: words joined without spaces; metrics use characters
-            gloss = " ".join(map(str, e["label_gloss"]))
-            yield name, p if isinstance(p, DataError) else Sample(name, text, gloss, p, str(e.get("signer", "")))
-    for name in sorted(names):
-        yield name, DataError(f"{CSL_SPLIT}: {name} is not in {pkl}")
+        if name is None or name in names:
+            names.discard(name)
+            tag = f"info[{i}]"
+            ok = isinstance(name, str) and all(isinstance(e.get(k), list) for k in ("label_word", "label_gloss"))
+            rows.append((tag, e if ok else DataError(f"{pkl} {tag} ({name}): needs name, label_word, label_gloss")))
+    rows += [(name, DataError(f"{CSL_SPLIT}: {name} is not in {pkl}")) for name in sorted(names)]
+    return _samples(pkl, rows, os.path.join(root, CSL_FRAMES), ("",), lambda e: dict(
+        text="".join(map(str, e["label_word"])),  # Chinese: words joined without spaces; metrics use characters
+        gloss=" ".join(map(str, e["label_gloss"])), signer=str(e.get("signer", ""))))
 
 
 def detect_format(root: str, split: str) -> str:
@@ -185,8 +156,18 @@ def detect_format(root: str, split: str) -> str:
 
 def load_split(root: str, split: str, skip_bad: bool = False, skipped: list | None = None) -> list[Sample]:
     """The samples of a split. A bad row raises DataError; skip_bad leaves it out, on stderr and in `skipped`."""
-    samples, bad = [], []
-    for name, s in {"phoenix": _phoenix, "csl": _csl, "folder": _folder}[detect_format(root, split)](root, split):
+    fmt, samples, bad = detect_format(root, split), [], []
+    if fmt == "phoenix":  # frames in <name>/ or, as some copies have it, in <name>/1/
+        csv = os.path.join(root, PHOENIX_CSV.format(split=split))
+        rows = _samples(csv, _rows(csv, "|", PHOENIX_COLUMNS), os.path.join(root, PHOENIX_FRAMES.format(split=split)),
+                        (os.sep + "1", ""), lambda r: dict(text=r["translation"], gloss=r["orth"], signer=r["speaker"]))
+    elif fmt == "folder":  # a frame folder <name>/ or a video <name>.mp4 etc.
+        tsv = os.path.join(root, f"{split}.tsv")
+        rows = _samples(tsv, _rows(tsv, "\t", ("name", "translation")), os.path.join(root, split), ("",) + VIDEO_EXTS,
+                        lambda r: dict(text=r["translation"], gloss=r.get("gloss")))
+    else:
+        rows = _csl(root, split)
+    for name, s in rows:
         if isinstance(s, Sample):
             samples.append(s)
         elif skip_bad:
@@ -215,8 +196,7 @@ def clip_labels(segments: list, n_frames: int) -> list:
 
 
 class SignDataset(torch.utils.data.Dataset):
-    """Items: frames float (N_pad, 3, S, S) normalized with ImageNet mean/std, N_pad = padded_length(num_clips(N)).
-    With cfg.skip_bad an unreadable video gives {"skipped": (name, reason)}, which `collate` reports in the batch."""
+    """Items: a video's frames, ImageNet-normalized and padded to the clip grid, with its name, text and gloss."""
 
     def __init__(self, samples: list[Sample], cfg: DataConfig, train: bool):
         self.samples, self.cfg, self.train = samples, cfg, train
@@ -268,11 +248,9 @@ class SignDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """SignDataset items -> a batch: frames zero past each clip grid, masks, n_frames and n_clips, the text, name and
-    gloss lists, units (oracle) and skipped [(name, reason)]; only "skipped" when every item was skipped."""
+    """SignDataset items -> a batch, padded with zeros; only {"skipped": [(name, reason)]} if every item was skipped."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
-    items = [it for it in items if "skipped" not in it]
-    if not items:
+    if not (items := [it for it in items if "skipped" not in it]):
         return {"skipped": skipped}
     n_frames = torch.tensor([len(it["frames"]) for it in items])
     n_clips = torch.tensor([num_clips(int(n)) for n in n_frames])
@@ -366,8 +344,7 @@ def _language(rng):
 
 
 def _splits(rng, sizes, heldout):
-    """Train never signs a held-out (region, weather) pair and holds every gloss (if it has room); every other
-    dev/test sentence signs one. Dev/test gloss sequences are never in train nor repeated."""
+    """Train: every gloss (room allowing), no held-out pair. Dev/test: unseen, every other signs a held-out pair."""
     def draw(ok):
         for _ in range(100_000):
             g, text, pairs = _sentence(rng)
@@ -422,12 +399,17 @@ def _poses(glosses, lexicon, prims, rng, speed):
     return frames + [rest] * int(rng.integers(1, 3)), prim_seg, gloss_seg, holds
 
 
-def _render(poses, signer, H, W, rng):
-    """uint8 (T, H, W, 3): background, body, head, two gloved hands as anti-aliased blobs, then noise."""
-    sc, m = signer["scale"], min(H, W)
+def _write_video(root, lang, seed, H, W, job):
+    """Write one video's PNG frames (body, head, two gloved hands as anti-aliased blobs, noise); return its truth."""
+    (split, i, name, (glosses, _, novel)), (prims, lexicon, signers, _) = job, lang
+    rng = np.random.default_rng([seed, ("train", "dev", "test").index(split), i])  # one stream per video
+    signer, speed = int(rng.integers(len(signers))), round(float(rng.uniform(.7, 1.3)), 3)  # speed > 1: slower
+    poses, prim_seg, gloss_seg, holds = _poses(glosses, lexicon, prims, rng, speed)
+    look, m = signers[signer], min(H, W)
+    sc = look["scale"]
 
     def blob(img, x, y, shape, r, colour):  # drawn in a window around the blob
-        cx, cy, r = (.5 + sc * (x - .5) + signer["dx"]) * W, (.6 + sc * (y - .6) + signer["dy"]) * H, r * sc * m
+        cx, cy, r = (.5 + sc * (x - .5) + look["dx"]) * W, (.6 + sc * (y - .6) + look["dy"]) * H, r * sc * m
         y0, y1 = max(int(cy - 2 * r - 2), 0), min(int(cy + 2 * r + 3), H)
         x0, x1 = max(int(cx - 2 * r - 2), 0), min(int(cx + 2 * r + 3), W)
         (a, b, hole), dx, dy = BLOBS[shape], np.arange(x0, x1)[None] - cx, np.arange(y0, y1)[:, None] - cy
@@ -436,42 +418,29 @@ def _render(poses, signer, H, W, rng):
         alpha = np.clip(.5 - d * r * min(a, b), 0, 1)[..., None]  # (h, w, 1); d * r * min(a, b) ~ distance in pixels
         img[y0:y1, x0:x1] += alpha * (np.asarray(colour, np.float32) - img[y0:y1, x0:x1])
 
-    body = np.broadcast_to(np.asarray(signer["bg"], np.float32), (H, W, 3)).copy()
-    blob(body, .5, 1.0, "body", .34, signer["shirt"])
-    blob(body, .5, .25, "fist", .13, signer["skin"])
-    out, gh, gw = np.empty((len(poses), H, W, 3), np.uint8), -(-H // 8), -(-W // 8)
-    for t, (xy, shape, nxy, nshape) in enumerate(poses):
-        img = body.copy()
-        blob(img, *nxy, nshape, .075, signer["glove"])
-        blob(img, *xy, shape, .075, signer["glove"])
-        low = rng.normal(0, signer["noise"], (gh, gw, 3)).astype(np.float32)  # lighting noise, constant in 8x8 cells
-        img += low.repeat(8, 0).repeat(8, 1)[:H, :W]
-        u = rng.random((H, W))  # sensor speckle: +-25 on a fraction `speckle` of the pixels
-        img[u < signer["speckle"] / 2] -= 25
-        img[u > 1 - signer["speckle"] / 2] += 25
-        out[t] = np.clip(img, 0, 255)
-    return out
-
-
-def _write_video(root, lang, seed, H, W, job):
-    """Render one video, write its PNG frames, return its ground-truth entry."""
-    (split, i, name, (glosses, _, novel)), (prims, lexicon, signers, _) = job, lang
-    rng = np.random.default_rng([seed, ("train", "dev", "test").index(split), i])  # one stream per video
-    signer, speed = int(rng.integers(len(signers))), round(float(rng.uniform(.7, 1.3)), 3)  # speed > 1: slower
-    poses, prim_seg, gloss_seg, holds = _poses(glosses, lexicon, prims, rng, speed)
+    body = np.broadcast_to(np.asarray(look["bg"], np.float32), (H, W, 3)).copy()
+    blob(body, .5, 1.0, "body", .34, look["shirt"])
+    blob(body, .5, .25, "fist", .13, look["skin"])
     d = os.path.join(root, PHOENIX_FRAMES.format(split=split), name)
     os.makedirs(d)
-    for t, img in enumerate(_render(poses, signers[signer], H, W, rng), 1):
-        Image.fromarray(img).save(os.path.join(d, f"images{t:04d}.png"), compress_level=1)
+    for t, (xy, shape, nxy, nshape) in enumerate(poses, 1):
+        img = body.copy()
+        blob(img, *nxy, nshape, .075, look["glove"])
+        blob(img, *xy, shape, .075, look["glove"])
+        low = rng.normal(0, look["noise"], (-(-H // 8), -(-W // 8), 3)).astype(np.float32)  # constant in 8x8 cells
+        img += low.repeat(8, 0).repeat(8, 1)[:H, :W]  # lighting noise
+        u = rng.random((H, W))  # sensor speckle: +-25 on a fraction `speckle` of the pixels
+        img[u < look["speckle"] / 2] -= 25
+        img[u > 1 - look["speckle"] / 2] += 25
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(f"{d}/images{t:04d}.png", compress_level=1)
     return {"split": split, "signer": signer, "speed": speed, "n_frames": len(poses), "novel_pair": novel,
             "glosses": gloss_seg, "primitives": prim_seg, "holds": holds}
 
 
 def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int = 64, width: int = 64,
                    workers: int = 1) -> dict:
-    """Write the synthetic sign language to `root` (Phoenix-2014T layout, ground_truth.json); return the ground truth.
-    A seed gives the same bytes for any `workers`; written to ROOT.partial, then renamed."""
-    tmp = root.rstrip("/") + ".partial"
+    """Write the synthetic sign language to `root` and return its ground truth: the same bytes for any `workers`."""
+    tmp = root.rstrip("/") + ".partial"  # written here, then renamed
     if os.path.exists(root) or (os.path.exists(tmp) and not os.path.isfile(os.path.join(tmp, ".partial"))):
         raise FileExistsError(f"{root} or {tmp} exists; remove it or choose another folder")
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted run's leftovers (it has the .partial marker)
@@ -483,7 +452,7 @@ def make_synthetic(root: str, seed: int = 0, size: str = "default", height: int 
     jobs = [(s, i, f"synth-{s}-{i:05d}", row) for s in ("train", "dev", "test") for i, row in enumerate(splits[s])]
     write = functools.partial(_write_video, tmp, lang, seed, height, width)
     if workers > 1:
-        with Pool(workers) as pool:
+        with multiprocessing.Pool(workers) as pool:
             entries = pool.map(write, jobs, chunksize=4)
     else:
         entries = list(map(write, jobs))
@@ -515,8 +484,7 @@ if __name__ == "__main__":
     if a.make_synthetic:
         t0 = time.time()
         gt = make_synthetic(a.make_synthetic, a.seed, a.size, a.height, a.width, a.workers)
-        n = sum(v["n_frames"] for v in gt["videos"].values())
-        print(f"wrote {len(gt['videos'])} videos, {n} frames to {a.make_synthetic} in {time.time() - t0:.1f} s")
+        print(f"wrote {len(gt['videos'])} videos to {a.make_synthetic} in {time.time() - t0:.1f} s")
     for split in ("train", "dev", "test") if a.check else ():  # decodes every video; bad ones reported on stderr
         ds = SignDataset(load_split(a.check, split, a.skip_bad), DataConfig(skip_bad=a.skip_bad), train=False)
         print(f"{split}: {sum('frames' in ds[i] for i in range(len(ds)))} of {len(ds)} videos read")
