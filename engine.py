@@ -108,10 +108,9 @@ def rank_world():
 
 def gather(obj):
     """[rank 0's obj, rank 1's obj, ...] under torchrun, [obj] otherwise."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [obj] * rank_world()[1]
+    if dist.is_initialized():
+        dist.all_gather_object(out, obj)
     return out
 
 
