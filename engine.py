@@ -2,11 +2,11 @@
 checkpoints and exact resume, and how data-parallel processes (torchrun) share the work.
 
 A checkpoint is <out>/<tag>-<step>.safetensors (weights, Adam moments, the torch RNG) beside <tag>-<step>.json (the
-config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256). No pickle. Each file is written to
-a temp name, fsynced and renamed, the JSON last: a checkpoint exists once its JSON does. Tag "ckpt" is the newest
-state (for --resume), "best" the best dev score so far (what the next stage reads). Exact resume also needs the data:
-each epoch's order and each item's augmentation are functions of (seed, epoch, index). Under torchrun rank 0 writes
-checkpoints and logs; every rank loads the same checkpoint, so a resume is exact where the ranks draw alike.
+config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256); no pickle. Each file is written to
+a temp name, fsynced and renamed, the JSON last: a checkpoint exists once its JSON does. "ckpt" is the newest state
+(for --resume), "best" the best dev score so far (what the next stage reads). A resume is exact: each epoch's order
+and each item's augmentation are functions of (seed, epoch, index). Under torchrun rank 0 writes checkpoints, logs
+and prints; every rank loads the same checkpoint, and results are gathered so that every rank decides alike.
 """
 import dataclasses
 import difflib
@@ -108,10 +108,9 @@ def rank_world():
 
 def gather(obj):
     """[rank 0's obj, rank 1's obj, ...] under torchrun, [obj] otherwise."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [obj] * rank_world()[1]
+    if dist.is_initialized():
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -126,13 +125,14 @@ def to_device(batch, device):
 # ---- files and checkpoints ------------------------------------------------------------------------------------------
 
 def atomic_write(path, write):
-    """write(tmp), fsync, rename over path: a kill leaves the old file or the new one, never a part of one."""
-    tmp = path + ".tmp"
+    """write(tmp), fsync, rename over path (its folder made if missing): a kill leaves the old file or the new one."""
+    folder, tmp = os.path.dirname(path) or ".", path + ".tmp"
+    os.makedirs(folder, exist_ok=True)
     write(tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    fd = os.open(folder, os.O_RDONLY)
     os.fsync(fd)  # the rename itself reaches the disk
     os.close(fd)
 
@@ -164,18 +164,14 @@ def tidy(out, drop_after=None):
     ckpt, and all but the newest best and the newest best not after that ckpt (a resume goes back to the best it knew).
     drop_after=s: also the checkpoints after step s (a resume re-runs them); -1: all, and DONE (a fresh start)."""
     ckpt, best, here = checkpoints(out, "ckpt"), checkpoints(out, "best"), os.path.join(glob.escape(out), "")
-    for tmp in glob.glob(here + "*.tmp"):
-        os.remove(tmp)
-    for w in glob.glob(here + "*-[0-9]*.safetensors"):
-        if w[:-12] + ".json" not in ckpt + best:
-            os.remove(w)
+    orphans = [w for w in glob.glob(here + "*-[0-9]*.safetensors") if w[:-12] + ".json" not in ckpt + best]
+    for f in glob.glob(here + "*.tmp") + orphans + (glob.glob(here + "DONE") if drop_after == -1 else []):
+        os.remove(f)
     last = step_of(ckpt[-1]) if ckpt else math.inf
     known = [b for b in best if step_of(b) <= last][-1:]
     drop = ckpt[:-1] + [b for b in best[:-1] if b not in known]
     if drop_after is not None:
         drop += [j for j in ckpt + best if step_of(j) > drop_after]
-    if drop_after == -1 and os.path.exists(os.path.join(out, "DONE")):
-        os.remove(os.path.join(out, "DONE"))
     for j in sorted(set(drop)):
         os.remove(j)  # the JSON first: without it the weights are no checkpoint
         os.remove(j[:-5] + ".safetensors")
@@ -183,7 +179,6 @@ def tidy(out, drop_after=None):
 
 def save(out, tag, model, opt, state, cfg):
     """Write <out>/<tag>-<step>.{safetensors,json}, then delete the checkpoints no resume needs any more."""
-    os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"{tag}-{state['step']:07d}")
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     adam_steps = {}
@@ -213,12 +208,16 @@ def claim(out, cfg):
         raise SystemExit(f"{out} holds checkpoints: pass --resume to continue or --overwrite to start afresh")
 
 
-def finish(out, cfg):
-    """Mark a stage done: `--stage all` does not run it again (DONE holds the config it was trained with)."""
-    if rank_world()[0] == 0:
+def finish(out, cfg, untrained=None):
+    """Mark a stage done: DONE holds its config, and `--stage all` skips it. untrained: a model saved as the stage's
+    only checkpoint, 'best' at step 0, without training (k-means centroids; f and s0 without L_MMD)."""
+    if rank_world()[0] == 0:  # every rank holds the same model; rank 0 writes
+        if untrained is not None:
+            tidy(out, drop_after=-1)
+            opt = torch.optim.Adam([p for _, p in trainable(untrained)])
+            save(out, "best", untrained, opt, dict(step=0, best_dev=0.0, dev={}), cfg)
         write_text(os.path.join(out, "DONE"), json.dumps(dataclasses.asdict(cfg), indent=1))
-    if dist.is_initialized():
-        dist.barrier()  # the last checkpoints are on disk before any rank goes on to read them
+    gather(None)  # a barrier: the last checkpoints are on disk before any rank goes on to read them
 
 
 def read(out, tag):
@@ -227,8 +226,7 @@ def read(out, tag):
     if not found:
         raise SystemExit(f"no {tag} checkpoint in {out} (looked for {tag}-<step>.json)")
     try:
-        with open(found[-1]) as f:
-            meta = json.load(f)
+        meta = json.loads(pathlib.Path(found[-1]).read_text())
         path = os.path.join(out, meta["weights"])
         if sha256(path) != meta["sha256"]:
             raise SystemExit(f"{path}: sha256 differs from {found[-1]}; the checkpoint is corrupt")
@@ -282,22 +280,10 @@ def load(out, tag, model, opt=None, cfg=None):
     return meta
 
 
-def trim_log(path, step):
-    """The per-step log of a resumed run keeps the lines up to the checkpoint's step (a torn last line goes too)."""
-    kept = []
-    for i, line in enumerate(open(path) if os.path.exists(path) else [], 1):
-        try:
-            if line.endswith("\n") and json.loads(line)["step"] <= step:  # without "\n": cut by the kill
-                kept.append(line)
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"{path} line {i}: not a log line ({e}); remove it (and what follows) to resume") from e
-    write_text(path, "".join(kept))
-
-
 def begin(out, model, opt, cfg):
     """A stage's training starts: with --resume from the newest ckpt (weights, Adam, every RNG), its log cut back to
-    that step; else afresh (its checkpoints, DONE and log gone). -> (state, the log to append to)"""
-    state, log_path = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[]), out + "/log.jsonl"
+    that step (a torn last line goes too); else afresh (its checkpoints, DONE and log gone). -> (state, the log)"""
+    state, log = dict(step=0, best_dev=float("inf"), dev={}, skipped_steps=0, bad_samples=[]), out + "/log.jsonl"
     if cfg.resume:
         meta = load(out, "ckpt", model, opt, cfg)
         state = {k: meta.get(k, v) for k, v in state.items()}
@@ -306,12 +292,15 @@ def begin(out, model, opt, cfg):
         print(f"resumed {out} at step {state['step']}")
     if rank_world()[0] == 0:
         tidy(out, drop_after=state["step"] if cfg.resume else -1)
-        os.makedirs(out, exist_ok=True)
-        if cfg.resume:  # a kill now leaves the old log or the new one
-            trim_log(log_path, state["step"])
-        else:
-            write_text(log_path, "")
-    return state, open(log_path if rank_world()[0] == 0 else os.devnull, "a")  # one JSON line per step
+        kept = []
+        for i, line in enumerate(open(log) if cfg.resume and os.path.exists(log) else [], 1):
+            try:
+                if line.endswith("\n") and json.loads(line)["step"] <= state["step"]:  # without "\n": cut by the kill
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"{log} line {i}: not a log line ({e}); remove it (and what follows) to resume") from e
+        write_text(log, "".join(kept))  # a kill now leaves the old log or the new one
+    return state, open(log if rank_world()[0] == 0 else os.devnull, "a")  # one JSON line per step
 
 
 # ---- data order and augmentation as functions of (seed, epoch, index); loading a split in shares --------------------
@@ -345,8 +334,7 @@ def epoch_batches(n, batch_size, seed, epoch):
 
 
 def loader(items, batches, num_workers, collate_fn=data.collate):
-    # its own generator: a DataLoader otherwise draws a worker seed from the global torch RNG, and the training stream
-    # would depend on how many loaders were opened (a resume opens one more)
+    """A DataLoader with its own generator: by default each takes a draw of the global RNG (a resume opens one more)."""
     return torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(0))
 
@@ -389,10 +377,9 @@ def ddp(model, loss_fn, device):
 
 
 def verdict(stage, step, model, grad_clip, results, bad, empty, state, cfg, out):
-    """After a step's backward, alike on every rank: -> (update?, gradient norm, every rank's results, log fields).
-    results: (metrics, loss, videos) of this rank's micro-batches; bad: (name, reason) of its samples left out.
-    A NaN/inf loss or gradient stops the run naming stage, step, terms and videos (--skip_nonfinite: the step is
-    skipped and counted); a micro-batch whose videos were all bad skips the step."""
+    """After a step's backward, alike on every rank: -> (update?, gradient norm, the step's mean metrics and log
+    fields). results: (metrics, loss, videos) of this rank's micro-batches; bad: (name, reason) of its left-out samples.
+    A NaN/inf stops the run naming stage, step, terms and videos; --skip_nonfinite and an all-bad micro-batch skip."""
     got = gather((results, bad))
     results = [r for p in got for r in p[0]]
     new = dict.fromkeys((n, r) for p in got for n, r in p[1] if [n, r] not in state["bad_samples"])
@@ -413,7 +400,9 @@ def verdict(stage, step, model, grad_clip, results, bad, empty, state, cfg, out)
     if problem:
         state["skipped_steps"] += 1  # no update; what the forward changed (BatchNorm statistics) stays
         tqdm.write(f"{stage} step {step}: skipped ({problem}), {state['skipped_steps']} skipped so far")
-    fields = {"skipped_steps": state["skipped_steps"]} if state["skipped_steps"] else {}
+    m = {k: sum(float(r[0][k]) for r in results) / len(results) for k in results[0][0]} if results else {}
+    if state["skipped_steps"]:
+        m["skipped_steps"] = state["skipped_steps"]
     if new:
-        fields["bad_samples"] = [n for n, _ in new]
-    return not problem, gn, results, fields
+        m["bad_samples"] = [n for n, _ in new]
+    return not problem, gn, m

@@ -1,12 +1,10 @@
 """Training of SignLLM (Sec. 3.4), nanoGPT-style: defaults in one dataclass, presets as plain dicts, any field
-overridden on the command line with --key=value (nested configs: --vq.d=128, --data.image_size=32).
+overridden with --key=value (nested: --vq.d=128). Stages vq, cra, ft, eval each write out/<stage>/, data-parallel
+under torchrun; checkpoints, exact resume and the DDP plumbing are engine.py's.
 
     python train.py                                 # all stages on the synthetic default: vq -> cra -> ft -> eval
     python train.py --stage vq --resume             # continue out/vq/ from its newest checkpoint, exactly
     python train.py --stage vq --preset=phoenix --data.root=/data/PHOENIX-2014-T --vq.resnet_weights=resnet18.pth
-
-Stages vq, cra, ft, eval, each writing out/<stage>/; under torchrun every stage runs data-parallel (`fit` says how).
-Checkpoints, exact resume and the DDP plumbing are engine.py's.
 """
 import dataclasses
 import json
@@ -40,42 +38,42 @@ class TrainConfig:
     preset: str = "synthetic"
     out_dir: str = "out"          # stage s writes out_dir/s/
     resume: bool = False          # continue from out_dir/<stage>/ckpt-*.json
-    overwrite: bool = False       # start afresh even if out_dir/<stage>/ holds checkpoints (they are deleted)
+    overwrite: bool = False       # start afresh, deleting the stage's checkpoints
     seed: int = 1337
     device: str = "auto"          # auto: cuda if available, else cpu
-    num_workers: int = 1          # DataLoader processes (0: load in the main process)
-    threads: int = 0              # torch CPU threads (0: torch's default); 1 is far faster on a CPU shared with others
-    make_synthetic: bool = False  # generate the synthetic sign language into data.root if it is missing
+    num_workers: int = 1          # DataLoader processes (0: the main process)
+    threads: int = 0              # torch CPU threads (0: torch's default)
+    make_synthetic: bool = False  # write the synthetic sign language into a missing data.root
     synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
-    log_every: int = 1            # one log line every this many steps
-    skip_nonfinite: bool = False  # a NaN/inf loss or gradient norm skips the step (counted) instead of stopping the run
-    grad_accum: int = 1           # micro-batches per process per step (a stage's batch size is the global batch)
+    log_every: int = 1            # steps per log line
+    skip_nonfinite: bool = False  # a NaN/inf loss or gradient skips the step instead of stopping
+    grad_accum: int = 1           # micro-batches per process per step (batch sizes are global)
     # stage vq: pre-train VQ-Sign (Sec. 3.4 (i), Sec. 4.1)
     vq_lr: float = 0.01           # Adam (Sec. 4.1)
-    vq_min_lr: float = 0.0005     # cosine decay to this after warm-up (ours: the paper gives the initial lr only)
-    vq_warmup: int = 50           # linear warm-up steps (ours)
+    vq_min_lr: float = 0.0005     # cosine decay after warm-up (ours: the paper gives the initial lr only)
+    vq_warmup: int = 50           # (ours)
     vq_epochs: int = 200          # Sec. 4.1
-    vq_max_steps: int = 0         # > 0: train this many steps instead of vq_epochs
-    vq_batch_size: int = 2        # videos per batch (the paper does not say)
-    vq_grad_clip: float = 1.0     # global gradient norm clip (0: off)
-    vq_eval_every: int = 1000     # steps between dev evaluations (and at the end)
-    vq_ckpt_every: int = 1000     # steps between checkpoints (and at the end)
+    vq_max_steps: int = 0         # > 0: instead of vq_epochs
+    vq_batch_size: int = 2        # (the paper does not say)
+    vq_grad_clip: float = 1.0     # global gradient norm (0: off)
+    vq_eval_every: int = 1000     # (and at the end)
+    vq_ckpt_every: int = 1000
     # stage cra: the word codebook search (Sec. 3.3), then f and s0 trained with L_MMD (Eq. 6)
     cra_lr: float = 0.001
-    cra_steps: int = 200          # Adam steps on L_MMD (ours: the paper gives no schedule for this sub-stage)
-    cra_vocab: str = ""           # a vocab.txt to use instead of searching (the report's rows share one search)
-    cra_refit: int = 0            # > 0: Lloyd steps on the codebook over all training clips' z before the search (ours)
-    kmeans_encoder: str = ""      # vq.quantizer=kmeans: a training output folder (an encoder-only run's out/ft)
+    cra_steps: int = 200          # on L_MMD (ours: the paper gives no schedule)
+    cra_vocab: str = ""           # a vocab.txt to use instead of searching
+    cra_refit: int = 0            # Lloyd steps on the codebook before the search (ours)
+    kmeans_encoder: str = ""      # vq.quantizer=kmeans: an encoder-only run's out/ft
     # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
     ft_lr: float = 0.001          # Sec. 4.1
-    ft_min_lr: float = 0.0001     # cosine decay (ours)
+    ft_min_lr: float = 0.0001     # (ours)
     ft_warmup: int = 20
     ft_epochs: int = 20           # Sec. 4.1
-    ft_max_steps: int = 0         # > 0: this many steps instead of ft_epochs
+    ft_max_steps: int = 0
     ft_batch_size: int = 8
     ft_grad_clip: float = 1.0
-    ft_eval_every: int = 1000     # steps between dev BLEU evaluations (real generation) and checkpoints
-    eval_beams: int = 4           # beam size of the final evaluation (dev evaluations during ft are greedy)
+    ft_eval_every: int = 1000     # dev BLEU (greedy generation) and a checkpoint
+    eval_beams: int = 4           # the final evaluation's beam size
     data: DataConfig = field(default_factory=DataConfig)
     vq: VQConfig = field(default_factory=VQConfig)
     cra: CRAConfig = field(default_factory=CRAConfig)
@@ -86,8 +84,7 @@ PRESETS = {
     # the CPU demo: 32 x 32 frames, a width-16 ResNet18, d = 128, M = 64
     "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32,
                   "vq.width": 16, "vq.d": 128, "vq.M": 64, "vq.reseed_every": 10, "vq_lr": 0.003, "vq_min_lr": 0.0003,
-                  # Eq. 1's negatives from the positive's own video, each video's mean z removed: E_v cannot score
-                  # by telling signers apart (their colours differ)
+                  # Eq. 1's negatives from the same video, its mean z removed: E_v cannot tell signers by colour
                   "vq.negatives": "video", "vq.center": True,
                   "vq_batch_size": 8, "vq_max_steps": 800, "vq_warmup": 50, "vq_eval_every": 200, "vq_ckpt_every": 200,
                   "cra_refit": 50, "signllm.f_hidden": 512,
@@ -126,8 +123,7 @@ def prepare_data(cfg):
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
         data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
-    if dist.is_initialized():
-        dist.barrier()  # the other ranks read it once rank 0 has written it
+    engine.gather(None)  # a barrier: the other ranks read it once rank 0 has written it
     skipped = []  # load_split appends to it
     sets = [data.SignDataset(data.load_split(root, s, cfg.data.skip_bad, skipped), cfg.data, train=s == "train")
             for s in ("train", "dev")]
@@ -147,13 +143,10 @@ def cosine_lr(step, lr, min_lr, warmup, total):
 def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
         grad_clip, eval_every, ckpt_every, collate_fn=data.collate, skipped=()):
     """Adam on every trainable parameter; loss_fn(model, batch, first) -> (loss, metrics), first: the step's first
-    micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest). skipped: the (name, reason)
-    of samples data.skip_bad left out while loading. Returns the per-step metrics.
-
-    DDP: each global batch is cut into world x grad_accum strided micro-batches (process r's micro-batch a holds items
-    a * world + r, + world * grad_accum, ...), so 2 processes compute what 1 process with grad_accum 2 does (BatchNorm
-    is per micro-batch: SyncBatchNorm refuses CPU tensors). Gradients are all-reduced on the last micro-step;
-    checkpoints, log and prints are rank 0's."""
+    micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest); skipped: (name, reason) of
+    the samples data.skip_bad left out. -> the per-step metrics. Process r's micro-batch a holds items a * world + r,
+    + world * grad_accum, ... of each global batch: 2 processes compute what 1 does with grad_accum 2 (BatchNorm is
+    per micro-batch: SyncBatchNorm refuses CPU tensors)."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=lr)
     (rank, world), A = rank_world(), cfg.grad_accum
@@ -170,13 +163,13 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
     while state["step"] < total:
         epoch, first = divmod(state["step"], per_epoch)
-        model.train()
         batches = engine.epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
         micro = [b[a * world + rank::parts] for b in batches for a in range(A)]  # this rank's micro-batches, in order
         for i, batch in enumerate(engine.loader(items, micro, cfg.num_workers, collate_fn)):
             a = i % A
             if a == 0:  # the step's bad samples: those left out while loading, then those its items find
                 t0, step, results, bad, empty = time.time(), state["step"], [], list(skipped), False
+                model.train()  # (evaluate left it in eval mode)
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
                 opt.zero_grad(set_to_none=True)
@@ -190,14 +183,11 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                 results.append((m, loss.item(), batch.get("name")))
             if a < A - 1:
                 continue
-            update, gn, results, fields = engine.verdict(  # clips the gradient; NaN/inf, bad data, alike on all ranks
-                stage, step + 1, model, grad_clip, results, bad, empty, state, cfg, out)
-            if update:
+            update, gn, m = engine.verdict(stage, step + 1, model, grad_clip, results, bad, empty, state, cfg, out)
+            if update:  # the gradient is clipped; NaN/inf or bad data: no update (alike on every rank)
                 opt.step()
             state["step"] = step = step + 1
-            m = {k: sum(float(r[0][k]) for r in results) / len(results) for k in results[0][0]} if results else {}
-            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m,
-                     **fields)
+            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m)
             history.append(m)
             bar.update(1)
             if step % cfg.log_every == 0:
@@ -207,14 +197,12 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
                     if b.is_floating_point():
                         dist.broadcast(b, 0)  # BatchNorm's running statistics: rank 0's, on every rank
                 m["dev"] = state["dev"] = dev = evaluate(model)
-                model.train()
                 bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
                 if dev["loss"] < state["best_dev"]:  # "best" moves only when dev improves
                     state["best_dev"] = dev["loss"]
                     if rank == 0:
                         engine.save(out, "best", model, opt, state, cfg)
-            log.write(json.dumps(m) + "\n")  # before the checkpoint: a checkpoint never runs ahead of the log
-            log.flush()
+            print(json.dumps(m), file=log, flush=True)  # before the checkpoint: it never runs ahead of the log
             if (step % ckpt_every == 0 or step == total) and rank == 0:
                 os.fsync(log.fileno())
                 engine.save(out, "ckpt", model, opt, state, cfg)
@@ -229,20 +217,10 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, 
     return history
 
 
-def save_untrained(cfg, out, model):
-    """Write `model` as out's 'best' checkpoint without training it (k-means centroids; f and s0 without L_MMD)."""
-    if rank_world()[0] == 0:  # every rank holds the same model; rank 0 writes
-        engine.tidy(out, drop_after=-1)
-        opt = torch.optim.Adam([p for _, p in engine.trainable(model)])
-        engine.save(out, "best", model, opt, dict(step=0, best_dev=0.0, dev={}), cfg)
-    engine.finish(out, cfg)
-
-
 # ---- the stages -----------------------------------------------------------------------------------------------------
 
 def tokenize_videos(vq, dataset, cfg, features=False):
-    """Character tokens of every video of a split (eval mode, no augmentation); features=True: the clip features
-    z (clips, d) of each video instead."""
+    """Each video's character tokens (eval mode, no augmentation); features=True: its clip features z (clips, d)."""
     vq.eval()
 
     def fn(batch):
@@ -256,9 +234,16 @@ def tokenize_videos(vq, dataset, cfg, features=False):
     return [s for part in engine.over_split(dataset, cfg.vq_batch_size, cfg, fn, "tokenize") for s in part]
 
 
+def fit_codebook(vq, dataset, cfg, **kmeans_args):
+    """The codebook <- kmeans(**kmeans_args) of the clip features z of every video of a split; -> the clip count."""
+    z = torch.cat(tokenize_videos(vq, dataset, cfg, features=True))  # (clips, d), on the CPU
+    with torch.no_grad():
+        vq.codebook.copy_(kmeans(z, cfg.vq.M, **kmeans_args))
+    return len(z)
+
+
 def evaluate_vq(model, dev_set, cfg):
-    """Dev L_VQ terms, CP accuracy, codebook usage / perplexity over the split and, where the data set has the
-    synthetic generator's ground truth, purity / NMI of each clip's code against the primitive at its centre."""
+    """Dev L_VQ terms, CP accuracy, codebook usage and perplexity; with the generator's ground truth, purity / NMI."""
     model.eval()
     keys = ("loss", "L_cp", "L_code", "L_commit", "cp_acc", "cp_beaten", "cp_chance")
 
@@ -267,13 +252,13 @@ def evaluate_vq(model, dev_set, cfg):
         return [m[k] for k in keys], [row[row >= 0].cpu() for row in idx], batch["name"]
     parts = engine.over_split(dev_set, cfg.vq_batch_size, cfg, fn)
     out = {k: sum(p[0][i] for p in parts) / len(parts) for i, k in enumerate(keys)}
-    codes, names = [c for p in parts for c in p[1]], [x for p in parts for x in p[2]]
-    out["usage"], out["perplexity"] = codebook_usage(torch.cat(codes), model.config.M)
+    codes, names = torch.cat([c for p in parts for c in p[1]]), [x for p in parts for x in p[2]]
+    out["usage"], out["perplexity"] = codebook_usage(codes, model.config.M)
     if os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
         videos = data.read_ground_truth(cfg.data.root)["videos"]
         labels = [-1 if x is None else x for n in names  # the primitive at each clip's centre (None: at rest)
                   for x in data.clip_labels(videos[n]["primitives"], videos[n]["n_frames"])]
-        out["purity"], out["nmi"] = token_alignment(torch.cat(codes), torch.tensor(labels))
+        out["purity"], out["nmi"] = token_alignment(codes, torch.tensor(labels))
     return out
 
 
@@ -286,11 +271,9 @@ def stage_kmeans(cfg):
     source, _ = signllm.from_checkpoint(cfg.kmeans_encoder)
     vq = VQSign(cfg.vq).to(engine.device_of(cfg))
     vq.encoder.load_state_dict(source.vq.encoder.state_dict(), strict=True)
-    z = torch.cat(tokenize_videos(vq, data.SignDataset(train_set.samples, cfg.data, train=False), cfg, True))
-    with torch.no_grad():
-        vq.codebook.copy_(kmeans(z, cfg.vq.M, seed=cfg.seed).to(vq.codebook.dtype))
-    print(f"k-means: {cfg.vq.M} centroids of {len(z)} clip features of {cfg.kmeans_encoder}'s encoder")
-    save_untrained(cfg, os.path.join(cfg.out_dir, "vq"), vq)
+    n = fit_codebook(vq, data.SignDataset(train_set.samples, cfg.data, train=False), cfg, seed=cfg.seed)
+    print(f"k-means: {cfg.vq.M} centroids of {n} clip features of {cfg.kmeans_encoder}'s encoder")
+    engine.finish(os.path.join(cfg.out_dir, "vq"), cfg, untrained=vq)
 
 
 def stage_vq(cfg):
@@ -316,16 +299,12 @@ def stage_cra(cfg):
     vq = VQSign(cfg.vq).to(device)
     engine.load(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
-    if cfg.cra_refit and cfg.vq.quantizer == "vq":  # (k-means centroids are a Lloyd fixed point already)
-        # Lloyd steps (c_m <- mean of the z nearest to it) lower Eq. 2's codebook term over every training clip
+    if cfg.cra_refit and cfg.vq.quantizer == "vq":  # Lloyd steps lower Eq. 2's codebook term (k-means: done already)
         before = evaluate_vq(vq, dev_set, cfg)
-        z = torch.cat(tokenize_videos(vq, plain, cfg, features=True))  # (clips, d), on the CPU
-        with torch.no_grad():
-            vq.codebook.copy_(kmeans(z, cfg.vq.M, iters=cfg.cra_refit, init=vq.codebook.detach().cpu()))
+        n = fit_codebook(vq, plain, cfg, iters=cfg.cra_refit, init=vq.codebook.detach().cpu())
         after = evaluate_vq(vq, dev_set, cfg)
-        print(f"codebook refit: {cfg.cra_refit} Lloyd steps over the {len(z)} training clips' features; dev "
-              + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in ("L_code", "perplexity", "purity", "nmi")
-                          if k in after))
+        print(f"codebook refit: {cfg.cra_refit} Lloyd steps over {n} training clips; dev", ", ".join(
+            f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in ("L_code", "perplexity", "purity", "nmi") if k in after))
     if cfg.cra_vocab:  # a search done already, for the same characters
         res = cra.load_vocab(cfg.cra_vocab)
         if res.n_chars != cfg.vq.M:
@@ -336,9 +315,8 @@ def stage_cra(cfg):
     print("\n".join(res.describe()))  # each size's entropy (Eq. 4), readout and score; the choice and why
     llm, tok = signllm.load_llm(cfg.signllm, device)
     text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text, bos=False)})  # the target's tokens
-    sigmas = cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float())
     tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.signllm.f_hidden, text_ids,
-                            sigmas)
+                            cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float()))
     # whatever decodes later (decoder=transformer, LoRA too), this stage aligns f with the LLM's embeddings (Eq. 6)
     model = SignLLM(vq, tokens, llm, tok, dataclasses.replace(cfg.signllm, decoder="llm", lora_rank=0)).to(device)
     model.vq.requires_grad_(False)  # the cra stage trains f and s0 only: VQ-Sign's tokens stay as pre-trained
@@ -349,7 +327,7 @@ def stage_cra(cfg):
 
     history = []
     if not cfg.signllm.lambda_mmd:  # Table 5 "w/o sign-text alignment": f and s0 go to ft as initialized
-        save_untrained(cfg, out, model)
+        engine.finish(out, cfg, untrained=model)
     else:
         n, parts = cfg.cra_steps, rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: one empty item per micro
         history = fit(cfg, "cra", model, list(range(n * parts)), mmd_step, lambda m: {"loss": m.L_mmd().item()},
@@ -363,11 +341,10 @@ def stage_cra(cfg):
 def translate_split(model, dataset, cfg, beams=None):
     """(hypotheses, references, names) of a whole split, by real generation."""
     model.eval()
-    dev = model.vq.codebook.device
 
     def fn(b):
-        units = b["units"].to(dev) if "units" in b else None
-        return model.translate(b["frames"].to(dev), b["clip_mask"].to(dev), beams, units=units), b["text"], b["name"]
+        b = engine.to_device(b, model.vq.codebook.device)
+        return model.translate(b["frames"], b["clip_mask"], beams, units=b.get("units")), b["text"], b["name"]
     parts = engine.over_split(dataset, cfg.ft_batch_size, cfg, fn, "translate")
     return tuple([x for p in parts for x in p[i]] for i in range(3))
 
@@ -404,7 +381,6 @@ def stage_eval(cfg):
     """BLEU-1..4 and ROUGE-L on dev and test from the best ft checkpoint; hypotheses and metrics in out/eval."""
     model = signllm.from_checkpoint(os.path.join(cfg.out_dir, "ft"), cfg.vq, cfg.signllm, engine.device_of(cfg))[0]
     out, results = os.path.join(cfg.out_dir, "eval"), {}
-    os.makedirs(out, exist_ok=True)
     for split in ("dev", "test"):
         ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
         hyps, refs, names = translate_split(model, ds, cfg, beams=cfg.eval_beams)
