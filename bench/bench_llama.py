@@ -17,7 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llama import LLaMA, LLaMAConfig, smollm2  # noqa: E402
+from engine import smollm2  # noqa: E402
+from llama import LLaMA, LLaMAConfig  # noqa: E402
 
 
 def median_time(fn, reps):

@@ -28,7 +28,8 @@ import data  # noqa: E402
 import signllm  # noqa: E402
 import train  # noqa: E402
 from bench_tokens import token_figures  # noqa: E402
-from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig, smollm2  # noqa: E402
+from engine import smollm2  # noqa: E402
+from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig  # noqa: E402
 from seeds import figures  # noqa: E402
 
 # key, row, paper's row with its Phoenix-2014T dev / test BLEU-4 (None: not in the paper), flags, shared stages
