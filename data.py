@@ -1,7 +1,17 @@
 """Sign language video data (Sec. 3.2, 4.1): Phoenix-2014T, CSL-Daily and plain-folder loaders, a Dataset that pads
 each video to the clip grid of vq.py (13-frame clips, a new one every 4 frames), and a synthetic sign language in the
 Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
-import argparse, functools, json, math, multiprocessing, os, pickle, re, shutil, sys, time
+import argparse
+import functools
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import re
+import shutil
+import sys
+import time
 from dataclasses import dataclass
 
 import imageio.v3 as iio
