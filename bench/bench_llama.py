@@ -7,7 +7,6 @@ Medians of --reps repetitions, ours and theirs in turn; ratios are ours / theirs
 """
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
