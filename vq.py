@@ -183,6 +183,13 @@ def ddp_agree(t, from_rank0=False):
     return t
 
 
+def codebook_usage(idx, M):
+    """idx (V,) codes of valid clips -> (fraction of the M codes used, perplexity exp(H(p)) of the code histogram)."""
+    p = torch.bincount(idx, minlength=M).double() / max(len(idx), 1)
+    H = -(p[p > 0] * p[p > 0].log()).sum()
+    return float((p > 0).double().mean()), float(H.exp())
+
+
 @dataclass
 class VQConfig:
     width: int = 64            # ResNet18 base width: 64 is torchvision's (ImageNet weights); 16 for the CPU demo
@@ -284,13 +291,6 @@ class VQSign(nn.Module):
         T = num_clips(frames.shape[0])
         pad = frames[-1:].expand(padded_length(T) - frames.shape[0], -1, -1, -1)  # repeat the last frame, as data.py
         return self.tokenize_batch(torch.cat([frames, pad])[None], torch.tensor([T], device=frames.device))[0]
-
-
-def codebook_usage(idx, M):
-    """idx (V,) codes of valid clips -> (fraction of the M codes used, perplexity exp(H(p)) of the code histogram)."""
-    p = torch.bincount(idx, minlength=M).double() / max(len(idx), 1)
-    H = -(p[p > 0] * p[p > 0].log()).sum()
-    return float((p > 0).double().mean()), float(H.exp())
 
 
 def kmeans(x, k, iters=50, seed=0, init=None):
