@@ -225,8 +225,8 @@ def tokenize_videos(vq, dataset, cfg, features=False):
 
     def fn(batch):
         if "units" in batch and not features:  # DataConfig.oracle: the generator's units are the characters
-            if batch["units"].max() >= cfg.vq.M:
-                raise SystemExit(f"data.oracle={cfg.data.oracle} has unit {int(batch['units'].max())}, beyond the "
+            if (top := int(batch["units"].max())) >= cfg.vq.M:
+                raise SystemExit(f"data.oracle={cfg.data.oracle} has unit {top}, beyond the "
                                  f"vq.M={cfg.vq.M} characters: pass a larger --vq.M")
             return [u[u >= 0].tolist() for u in batch["units"]]
         z, _, idx = vq.encode(batch["frames"].to(vq.codebook.device), batch["clip_mask"].to(vq.codebook.device))
