@@ -280,8 +280,10 @@ class VQSign(nn.Module):
     def tokenize_batch(self, frames, clip_mask):
         """Character tokens of a batch: one list of T_b codebook indices per video (eval mode, no gradient)."""
         was_training = self.training
-        idx = self.eval().encode(frames, clip_mask)[2]
-        self.train(was_training)
+        try:
+            idx = self.eval().encode(frames, clip_mask)[2]
+        finally:  # the caller's mode comes back even if encode raises
+            self.train(was_training)
         return [row[row >= 0].tolist() for row in idx]
 
     def tokenize(self, frames):

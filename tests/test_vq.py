@@ -340,6 +340,9 @@ def test_tokenize_matches_batch_encoding(gen):
     pad = lambda v, T: torch.cat([v, v[-1:].expand(data.padded_length(T) - len(v), -1, -1, -1)])
     frames = torch.stack([pad(v1, 3), torch.cat([pad(v2, 1), torch.zeros(8, 3, 37, 29)])])
     assert model.tokenize_batch(frames, torch.tensor([3, 1])) == [t1, t2]
+    with pytest.raises(RuntimeError):  # a failing encode (frames of 2 channels) leaves the caller's train mode on
+        model.tokenize_batch(frames[:, :, :2], torch.tensor([3, 1]))
+    assert model.training
 
 
 # ---------------------------------------------------------------------------------------------------------------------
