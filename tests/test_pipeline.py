@@ -70,6 +70,8 @@ def test_all_stages_tiny(tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:  # every output file of eval is written atomically
         mp.setattr(engine, "atomic_write", lambda path, write: written.append(os.path.basename(path))
                    or real(path, write))
+        decode = signllm.Tokenizer.decode  # an LLM may say a newline or a tab: the TSV keeps one row per video
+        mp.setattr(signllm.Tokenizer, "decode", lambda self, ids: decode(self, ids) + "\n\nand\tmore ")
         results = train.main(["--stage=eval"] + args)
     assert {"dev.tsv", "test.tsv", "metrics.json"} <= set(written)
     with open(os.path.join(out, "eval", "metrics.json")) as f:
@@ -77,6 +79,7 @@ def test_all_stages_tiny(tmp_path, capsys):
     assert set(results["test"]) == {"B1", "B2", "B3", "B4", "ROUGE-L"}
     lines = open(os.path.join(out, "eval", "test.tsv"), encoding="utf-8").read().splitlines()
     assert len(lines) == 1 + len(data.load_split(root, "test"))
+    assert all(len(line.split("\t")) == 3 and line.split("\t")[1].endswith(" and more") for line in lines[1:])
     # the command-line translator reads a frame folder and prints one line per video
     sample = data.load_split(root, "test")[0]
     capsys.readouterr()
