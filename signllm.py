@@ -207,12 +207,13 @@ class SignLLM(nn.Module):
         if self.decoder is not None:
             if beams > 1:
                 raise ValueError(f"decoder=transformer decodes greedily only; got beams={beams} (set eval_beams=1)")
-            return [" ".join(self.tok.decode(o).split()) for o in self.decoder.generate(W, W_mask, max_new_tokens)]
-        embeds, mask, _ = self.prompt_embeds(W, W_mask)
-        out = self.llm.generate(embeds=embeds, attn_mask=mask, beams=beams, max_new_tokens=max_new_tokens,
-                                eos_id=self.tok.eos_id)
-        return [" ".join(self.tok.decode(o).split()) for o in out]  # one line: a generated newline or tab would break
-        # eval's TSV rows and the translator's one line per video (BLEU and ROUGE split on whitespace alike)
+            out = self.decoder.generate(W, W_mask, max_new_tokens)
+        else:
+            embeds, mask, _ = self.prompt_embeds(W, W_mask)
+            out = self.llm.generate(embeds=embeds, attn_mask=mask, beams=beams, max_new_tokens=max_new_tokens,
+                                    eos_id=self.tok.eos_id)
+        # one line each: a generated newline or tab would break eval's TSV rows and the CLI's line per video
+        return [" ".join(self.tok.decode(o).split()) for o in out]  # (BLEU and ROUGE split on whitespace alike)
 
 
 def load_llm(cfg, device):
