@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kernels.mmd import mmd
+from signllm_kernels.mmd import mmd
 
 
 @dataclass

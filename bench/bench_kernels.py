@@ -19,8 +19,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels.mmd import mmd, mmd_ref  # noqa: E402
-from kernels.nearest_code import nearest_code, nearest_code_ref  # noqa: E402
+from signllm_kernels.mmd import mmd, mmd_ref  # noqa: E402
+from signllm_kernels.nearest_code import nearest_code, nearest_code_ref  # noqa: E402
 
 NC_SHAPES = [(4096, 256, 1024), (65536, 1024, 1024), (262144, 8192, 256)]
 MMD_SHAPES = [(n, D) for n in (512, 4096, 16384) for D in (576, 4096)]

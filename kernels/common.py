@@ -77,9 +77,9 @@ def tile_dot(a_ptr, b_ptr, rows, cols, n_a, n_b, D, PRECISION: tl.constexpr,
 
 def launch(kernel, grid, blocks, a, b, *args, **constexprs):
     """kernel[grid](a, b, *args) with the tile sizes and the dot precision of the inputs a, b. Refused when
-    TRITON_INTERPRET has changed since @triton.jit read it (at the import of `kernels`)."""
+    TRITON_INTERPRET has changed since @triton.jit read it (at the import of `signllm_kernels`)."""
     if isinstance(kernel, InterpretedFunction) != interpreting():
-        raise RuntimeError(f"{kernel.__name__}: TRITON_INTERPRET changed after `kernels` was imported; "
+        raise RuntimeError(f"{kernel.__name__}: TRITON_INTERPRET changed after `signllm_kernels` was imported; "
                            "set it before the import (tests/conftest.py does)")
     # fp32 inputs multiply in IEEE fp32 (as the references, TF32 off), fp16/bf16 ones in tf32, exact for their products.
     # tile_dot hands tl.dot fp32 operands (the interpreter's bf16 dots are wrong), accumulating in fp32

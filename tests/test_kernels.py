@@ -13,11 +13,11 @@ import pytest
 import torch
 import triton
 
-import kernels.mmd as mmdm
-import kernels.nearest_code as ncm
-from kernels.common import GPU_BLOCKS, INTERPRETER_BLOCKS, Blocks
-from kernels.mmd import mmd, mmd_ref
-from kernels.nearest_code import nearest_code, nearest_code_ref
+import signllm_kernels.mmd as mmdm
+import signllm_kernels.nearest_code as ncm
+from signllm_kernels.common import GPU_BLOCKS, INTERPRETER_BLOCKS, Blocks
+from signllm_kernels.mmd import mmd, mmd_ref
+from signllm_kernels.nearest_code import nearest_code, nearest_code_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = bool(triton.knobs.runtime.interpret)
@@ -36,9 +36,51 @@ def test_triton_path_is_taken():
 
 
 def test_package_names_are_its_submodules():
-    import kernels
-    assert kernels.mmd is mmdm and kernels.nearest_code is ncm, "kernels/__init__.py shadows a submodule"
-    assert not hasattr(kernels, "mmd_ref") and not hasattr(kernels, "nearest_code_ref"), "kernels/ re-exports names"
+    import signllm_kernels
+    assert signllm_kernels.mmd is mmdm and signllm_kernels.nearest_code is ncm
+    assert not hasattr(signllm_kernels, "mmd_ref") and not hasattr(signllm_kernels, "nearest_code_ref"), "re-exports"
+
+
+# Another installed package named `kernels` (Hugging Face's, which transformers >= 5 imports), stood in for by a
+# regular package on PYTHONPATH, behind the repository root as site-packages is when `python train.py` runs.
+TWO_KERNELS = r"""
+import importlib.util, os, sys
+order = sys.argv[1]
+if order == "theirs_first":
+    from kernels import CUDAProperties  # what transformers' hub_kernels does at its import
+import vq, cra  # ours: nearest_code and mmd
+if order == "ours_first":
+    from kernels import CUDAProperties
+import kernels, torch
+assert kernels.__file__ == os.path.join(sys.argv[2], "kernels", "__init__.py"), kernels.__file__
+assert vq.nearest_code.__module__ == "signllm_kernels.nearest_code", vq.nearest_code.__module__
+for mod in (sys.modules["signllm_kernels.nearest_code"], sys.modules["signllm_kernels.mmd"]):
+    assert mod.__file__ == os.path.join(os.getcwd(), "kernels", os.path.basename(mod.__file__)), mod.__file__
+idx, _ = vq.nearest_code(torch.eye(3), torch.eye(3).flip(0))  # ours runs: the reference on a CPU
+assert idx.tolist() == [2, 1, 0], idx
+assert float(cra.mmd(torch.randn(5, 4), torch.randn(6, 4), [1.0])) > 0
+if importlib.util.find_spec("transformers") and importlib.metadata.packages_distributions().get("kernels"):
+    sys.path.remove(sys.argv[2])  # the real one: transformers imports Hugging Face's `kernels` beside ours
+    for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels.")]:
+        del sys.modules[name]
+    import transformers.integrations.hub_kernels as hk
+    assert hk.CUDAProperties.__module__.startswith("kernels"), hk.CUDAProperties.__module__
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["ours_first", "theirs_first"])
+def test_another_kernels_package_and_ours_live_side_by_side(tmp_path, order):
+    """Our kernels/ never takes the import name `kernels` from another package, nor does our code pick up theirs,
+    in either import order. Fails if kernels/ gets an __init__.py again or a module imports `kernels.<file>`."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("CUDAProperties = 'theirs'\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # CPU tensors: the torch references
+    env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", TWO_KERNELS, order, str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- nearest_code
@@ -233,9 +275,9 @@ import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, os.getcwd())
-import kernels.mmd as mmdm
-import kernels.nearest_code as ncm
-from kernels.common import GPU_BLOCKS
+import signllm_kernels.mmd as mmdm
+import signllm_kernels.nearest_code as ncm
+from signllm_kernels.common import GPU_BLOCKS
 
 def compile_for_hopper(kernel, blocks, types, **constexprs):
     constexprs.update(BLOCK_N=blocks.n, BLOCK_M=blocks.m, BLOCK_K=blocks.k)
