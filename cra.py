@@ -1,10 +1,10 @@
 """Codebook Reconstruction and Alignment, Sec. 3.3: from VQ-Sign's character-level sign tokens to word-level ones.
 
 Map: 1. repeat pre-processing (s0); 2. candidate words from BPE; 3. `sinkhorn`; 4. `transport` (Eq. 5) and Eq. 4
-for one codebook size, and `search`, VOLT's [65] search over sizes; 5. `segment`; the vocabulary file; 6. `SignTokens`:
-s0, the word codebook S^w composed through g, the projection f and L_MMD (Eq. 6).
+for one codebook size, and `search`, VOLT's [65] search over sizes; 5. segmentation (`longest_match`); the vocabulary
+file; 6. `SignTokens`: s0, the word codebook S^w composed through g, the projection f and L_MMD (Eq. 6).
 Ours, not the paper's: Eq. 5's word marginal is KL-relaxed (tau); the readout's keep_ratio; the size rule "muv"
-(VOLT's marginal utility; "eq4" is the paper's); the MMD bandwidths; straight-through word tokens for E_v.
+(VOLT's marginal utility; "eq4" is the paper's); the MMD bandwidths.
 
 Character ids 0..M-1 are VQ-Sign's codebook indices (s_1..s_M); s0 is id M. A vocabulary starts with these M + 1
 single characters (word id c = character c), so every pre-processed sequence can be segmented.
@@ -53,21 +53,18 @@ def repeat_alpha(seq):
     return sum(lengths) / len(lengths) if lengths else None
 
 
-def preprocess(seq, n_chars, positions=False):
+def preprocess(seq, n_chars):
     """Each run collapsed to its first token, followed by s0 = n_chars if longer than alpha: [s1, s1, s1] -> [s1, s0]
-    when alpha < 3 (the paper's example). positions=True also returns where each token comes from in seq (s0: -1)."""
+    when alpha < 3 (the paper's example)."""
     for pos, t in enumerate(seq):
         if not (isinstance(t, (int, np.integer)) and 0 <= t < n_chars):
             raise ValueError(f"token {t!r} at position {pos} is not a VQ index in [0, {n_chars})")
-    alpha, out, pos, start = repeat_alpha(seq), [], [], 0
+    alpha, out = repeat_alpha(seq), []
     for t, n in runs(seq):
         out.append(int(t))
-        pos.append(start)
         if alpha is not None and n > alpha:
             out.append(n_chars)  # s0, the "slowing down" sign
-            pos.append(-1)
-        start += n
-    return (out, pos) if positions else out
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -146,7 +143,8 @@ def build_trie(vocab):
     return trie
 
 
-def _longest_match(seq, trie):
+def longest_match(seq, trie):
+    """Word ids of a pre-processed character sequence: at each position the longest word of the trie that matches."""
     out, i = [], 0
     while i < len(seq):
         node, j, best, end = trie, i, None, i
@@ -160,11 +158,6 @@ def _longest_match(seq, trie):
         out.append(best)
         i = end
     return out
-
-
-def segment(seq, vocab):
-    """Word ids of a pre-processed character sequence: at each position the longest vocabulary word that matches."""
-    return _longest_match(seq, build_trie(vocab))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -302,7 +295,7 @@ def search(seqs, cfg):
     res.chosen_r = max(scores, key=scores.get) if scores else 0  # the first size on ties
     res.vocab = singles + kept[res.chosen_r]
     trie = build_trie(res.vocab)
-    freqs = Counter(t for s in seqs for t in _longest_match(s, trie))
+    freqs = Counter(t for s in seqs for t in longest_match(s, trie))
     res.freqs = [freqs[j] for j in range(len(res.vocab))]
     return res
 
@@ -362,7 +355,7 @@ def median_sigmas(q, scales=(0.5, 1.0, 2.0)):
     return [float(dist.median()) * s for s in scales]
 
 
-def _compose(g, x, n):
+def compose(g, x, n):
     """g over the first n[k] vectors of each x[k] (K, L, d) -> (K, d): g's context after the last of them."""
     c = g(x, torch.arange(x.shape[1], device=x.device) < n[:, None])  # (K, L, d)
     return c[torch.arange(len(c), device=x.device), n - 1]  # (K, d)
@@ -388,27 +381,7 @@ class SignTokens(nn.Module):
 
     def sentence(self, chars):
         """A video's character tokens -> its word ids: repeat pre-processing (s0), then longest-match segmentation."""
-        return _longest_match(preprocess(chars, self.n_chars), self.trie)
-
-    def occurrences(self, idx, z_q, g):
-        """Each video's words composed through g from the straight-through features z_q (B, T, d) of their clips (a
-        run's first; s0 its vector): the values of S^w[word], with L_sim's gradient reaching E_v (ours: the paper does
-        not say how E_v learns from L_sim). -> (B, L, d) word vectors, mask (B, L)."""
-        B, T, d = z_q.shape
-        table = torch.cat([z_q.reshape(B * T, d), self.s0[None].to(z_q.dtype)])  # (B T + 1, d): s0 is the last row
-        rows, per_video = [], []
-        for b, row in enumerate(idx):
-            seq, pos = preprocess(row[row >= 0].tolist(), self.n_chars, positions=True)
-            k, words = 0, _longest_match(seq, self.trie)
-            for w in words:
-                rows.append([b * T + p if p >= 0 else B * T for p in pos[k:k + len(self.vocab[w])]])
-                k += len(self.vocab[w])
-            per_video.append(len(words))
-        n = torch.tensor([len(r) for r in rows], device=z_q.device)
-        at = torch.tensor([r + [B * T] * (int(n.max()) - len(r)) for r in rows], device=z_q.device)  # (words, L_w)
-        x = _compose(g, table[at], n)  # (words, d)
-        mask = torch.arange(max(per_video), device=z_q.device) < torch.tensor(per_video, device=z_q.device)[:, None]
-        return x.new_zeros(B, mask.shape[1], d).index_put_((mask,), x), mask  # (B, L, d)
+        return longest_match(preprocess(chars, self.n_chars), self.trie)
 
     def char_table(self, codebook):
         return torch.cat([codebook, self.s0[None].to(codebook.dtype)])  # (M + 1, d): s_1..s_M and s0
@@ -416,20 +389,19 @@ class SignTokens(nn.Module):
     def word_table(self, codebook, g):
         """S^w (n_words, d): each word's character embeddings run through g ("composing all features of the
         character-level tokens ... via our autoregressive model g"); a word is g's context after its last character."""
-        return _compose(g, self.char_table(codebook)[self.word_chars], self.word_len)  # (n_words, L, d) -> (n_words, d)
+        return compose(g, self.char_table(codebook)[self.word_chars], self.word_len)  # (n_words, L, d) -> (n_words, d)
 
-    def mmd_loss(self, codebook, g, text_embeddings, S_w=None, words=True):
-        """Eq. 6 at both levels, MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training.
-        words=False: the character level alone, all M of VQ-Sign's codes, no s0 (Table 5 "w/o codebook reconstr.")."""
+    def text_tokens(self, text_embeddings):
+        """q of Eq. 6: the frozen LLM's embeddings of the training translations' tokens (n_t, d_llm), no gradient."""
         if self.text_ids.numel() == 0 or self.sigmas.numel() == 0:
             raise ValueError("SignTokens has no text_ids / sigmas: they are set by the cra stage")
-        q = text_embeddings[self.text_ids].float()  # (n_t, d_llm), the frozen LLM's: no gradient
-        sig = self.sigmas.tolist()
-        if words:
-            S_w = self.word_table(codebook, g) if S_w is None else S_w  # a caller that has S_w passes it
+        return text_embeddings[self.text_ids].float()
+
+    def mmd_loss(self, codebook, g, text_embeddings, S_w=None):
+        """Eq. 6 at both levels, MMD(f(characters), text) + MMD(f(words), text), over the tokens seen in training."""
+        q, sig = self.text_tokens(text_embeddings), self.sigmas.tolist()
+        S_w = self.word_table(codebook, g) if S_w is None else S_w  # a caller that has S_w passes it
         with torch.autocast(q.device.type, enabled=False):  # f and Eq. 6 in fp32 under train.py's bf16 autocast
-            if not words:
-                return mmd(self.f(codebook.float()), q, sig)
             chars = self.f(self.char_table(codebook)[self.used[: self.n_chars + 1]].float())  # (n_c, d_llm)
             words = self.f(S_w[self.used].float())  # (n_w, d_llm)
             return mmd(chars, q, sig) + mmd(words, q, sig)

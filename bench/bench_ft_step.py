@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import signllm  # noqa: E402
+import train  # noqa: E402
 
 
 def main():
@@ -26,12 +26,12 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, saved = signllm.from_checkpoint(a.ckpt)
-    data_cfg = data.DataConfig(**saved["data"])
+    model, cfg = train.load_model(a.ckpt)
+    data_cfg = cfg.data
     ds = data.SignDataset(data.load_split(data_cfg.root, "train"), data_cfg, train=False)
     batch = data.collate([ds[i] for i in range(a.batch)])
     with torch.no_grad():
-        _, _, idx = model.vq.encode(batch["frames"], batch["clip_mask"])
+        _, _, idx = model.vq.encode(batch)
         W, W_mask = model.sign_sentence(idx)
     times, losses = {True: [], False: []}, {}
     for _ in range(a.reps):

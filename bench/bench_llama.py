@@ -20,6 +20,14 @@ from engine import smollm2  # noqa: E402
 from llama import LLaMA, LLaMAConfig  # noqa: E402
 
 
+def generate_ids(m, prompts, **kw):
+    """LLaMA.generate on token lists (left-padded, embedded): what tests/test_llama.py's generate_tokens does."""
+    dev, L = m.lm_head.weight.device, max(len(p) for p in prompts)
+    tokens = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], device=dev)  # (B, L)
+    mask = torch.tensor([[False] * (L - len(p)) + [True] * len(p) for p in prompts], device=dev)
+    return m.generate(m.tok_embeddings(tokens), mask, **kw)
+
+
 def median_time(fn, reps):
     times = []
     for _ in range(reps):
@@ -106,10 +114,10 @@ def main():
 
     n = args.new_tokens
     short = prompt[:, :16]
-    a = ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1)[0]
+    a = generate_ids(ours, [short[0].tolist()], max_new_tokens=n, eos_id=-1)[0]
     b = hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, 16:].tolist()
     same = sum(x == y for x, y in zip(a, b))
-    t_o, t_h = median_pair(lambda: ours.generate([short[0].tolist()], max_new_tokens=n, eos_id=-1),
+    t_o, t_h = median_pair(lambda: generate_ids(ours, [short[0].tolist()], max_new_tokens=n, eos_id=-1),
                            lambda: hf.generate(short, max_new_tokens=n, min_new_tokens=n, do_sample=False), args.reps)
     rows.append((f"decode tok/s (B=1, {n} new, incl. 16-token prefill)", n / t_o, n / t_h))
     with torch.no_grad():
@@ -162,9 +170,9 @@ def main():
         with torch.device("cuda"):
             m = LLaMA(cfg).to(torch.bfloat16).eval().requires_grad_(False)
         nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
-        m.generate([[1] * 16], max_new_tokens=8, eos_id=-1)
+        generate_ids(m, [[1] * 16], max_new_tokens=8, eos_id=-1)
         torch.cuda.synchronize()
-        t = median_time(lambda: (m.generate([[1] * 16], max_new_tokens=n, eos_id=-1), torch.cuda.synchronize()),
+        t = median_time(lambda: (generate_ids(m, [[1] * 16], max_new_tokens=n, eos_id=-1), torch.cuda.synchronize()),
                         args.reps)
         bw = 3.35e12 if "H100" in torch.cuda.get_device_name() else float("nan")
         print(f"7B-shaped bf16 decode on {torch.cuda.get_device_name()}: {n / t:.1f} tok/s; the bandwidth floor "

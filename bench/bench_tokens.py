@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cra  # noqa: E402
 import data  # noqa: E402
-import signllm  # noqa: E402
+import train  # noqa: E402
 from vq import token_alignment  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def word_spans(chars, tokens):
         t += n
     assert seq == cra.preprocess(chars, M)
     out, i = [], 0
-    for w in cra.segment(seq, tokens.vocab):
+    for w in cra.longest_match(seq, tokens.trie):
         j = i + len(tokens.vocab[w])
         out.append((w, span[i][0], span[j - 1][1]))
         i = j
@@ -53,9 +53,11 @@ def token_figures(model, data_cfg, split):
     ds = data.SignDataset(data.load_split(data_cfg.root, split), data_cfg, train=False)
     words, word_gloss, chars, char_gloss, char_prim = [], [], [], [], []
     inside, n_glosses = 0, 0
+    model.eval()
     for i in range(len(ds)):
         batch = data.collate([ds[i]])
-        codes = model.vq.tokenize_batch(batch["frames"], batch["clip_mask"])[0]
+        with torch.no_grad():
+            codes = model.vq.encode(batch)[2][0].tolist()  # one video: no padding
         v = gt[batch["name"][0]]
         centre = lambda a, b: data.CLIP_STRIDE * (a + b) // 2 + data.CLIP_LEN // 2  # noqa: E731  frame at a span's centre
         for t, c in enumerate(codes):
@@ -85,8 +87,8 @@ def main():
     p.add_argument("--ckpt", default="out/ft")
     p.add_argument("--split", default="dev")
     args = p.parse_args()
-    model, saved = signllm.from_checkpoint(args.ckpt)
-    f = token_figures(model, data.DataConfig(**saved["data"]), args.split)
+    model, cfg = train.load_model(args.ckpt)
+    f = token_figures(model, cfg.data, args.split)
     print(f"{args.split}: {f['videos']} videos, {f['clips']} clips, {f['word_tokens']} word tokens for {f['glosses']} "
           f"glosses ({f['word_tokens'] / f['glosses']:.2f} words per gloss); vocabulary {f['vocab_words']} words + "
           f"{f['vocab_chars']} characters, {f['multi_char']:.2%} of word tokens are multi-character")

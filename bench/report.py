@@ -7,8 +7,8 @@ and a markdown table written to out/report/report.md.
     python bench/report.py --vq_from=out/vq             # reuse a finished VQ-Sign pre-training (same settings, seed)
 
 Any train.py --key=value applies to every row (the demo's preset and budget unless given; greedy decoding). A row is
-its own train.py run in out/report/seed<S>/<row>/ with the flags below; a stage it shares is a symlink to the row that
-ran it (one VQ-Sign pre-training and one vocabulary search per seed). A stage whose folder holds DONE is not run
+its own train.py run in out/report/seed<S>/<row>/ with the flags below and its variant of SignLLM (bench/ablations.py:
+a model class, and stage functions where it trains otherwise); a stage it shares is a symlink to the row that ran it (one VQ-Sign pre-training and one vocabulary search per seed). A stage whose folder holds DONE is not run
 again, so an interrupted report continues where it stopped. Table cells are the mean (± sample standard deviation)
 over the seeds; blind rows and content recall as in bench/seeds.py; wall times are of the stages a row ran itself.
 """
@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import signllm  # noqa: E402
 import train  # noqa: E402
+from ablations import row_variant  # noqa: E402
 from bench_tokens import token_figures  # noqa: E402
 from engine import smollm2  # noqa: E402
 from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig  # noqa: E402
@@ -37,27 +37,28 @@ from seeds import figures  # noqa: E402
 # row's vocabulary
 ROWS = [
     ("signllm", "SignLLM", "Ours", (25.25, 23.40), [], {}),
-    ("no_vq", "w/o VQ-Sign (k-means)", "Tab. 5 w/o VQ-Sign", (14.15, 13.13),
-     ["--vq.quantizer=kmeans", "--kmeans_encoder={out}/encoder_only/ft"], {}),
+    ("no_vq", "w/o VQ-Sign (k-means)", "Tab. 5 w/o VQ-Sign", (14.15, 13.13), ["--cra_refit=0"], {}),
     ("no_cr", "w/o codebook reconstruction", "Tab. 5 w/o Codebook Reconstruction", (19.79, 19.47),
-     ["--signllm.tokens=chars"], {"vq": "signllm", "vocab": "signllm"}),
+     [], {"vq": "signllm", "vocab": "signllm"}),
     ("no_align", "w/o sign-text alignment", "Tab. 5 w/o Sign-text Alignment", (10.40, 10.63),
      ["--signllm.lambda_mmd=0"], {"vq": "signllm", "vocab": "signllm"}),
     ("encoder_only", "encoder only (z -> f -> LLM)", "Tab. 4 Encoder Only", (9.41, 8.42),
-     ["--signllm.tokens=features", "--signllm.lambda_mmd=0"], {"vq": None, "cra": None}),
+     ["--signllm.lambda_mmd=0"], {"vq": None, "cra": None}),
     ("lora", "encoder + LoRA (rank 8)", "Tab. 4 Encoder + FT", (18.18, 18.17),
-     ["--signllm.tokens=features", "--signllm.lambda_mmd=0", "--signllm.lora_rank=8"], {"vq": None, "cra": None}),
+     ["--signllm.lambda_mmd=0"], {"vq": None, "cra": None}),
     ("no_llm", "w/o LLM (small transformer)", "Tab. 3 w/o LLM", (11.95, 10.36),  # its decoder is greedy only
-     ["--signllm.decoder=transformer", "--eval_beams=1"], {"vq": "signllm", "cra": "signllm"}),
+     ["--eval_beams=1"], {"vq": "signllm", "cra": "signllm"}),
     ("random_llm", "random {layers}-layer LLaMA", "Tab. 3 w/ T5 (a smaller LLM)", (22.90, 22.51),
      ["--llm={out}/random-llm"], {"vq": "signllm", "vocab": "signllm"}),
     ("oracle_prims", "oracle: the generator's primitives as characters", "-", None,
-     ["--data.oracle=primitives", "--cra_refit=0"], {"vq": "signllm"}),
+     ["--cra_refit=0"], {"vq": "signllm"}),
     ("oracle_glosses", "oracle: the generator's glosses as characters", "-", None,
-     ["--data.oracle=glosses", "--cra_refit=0"], {"vq": "signllm"}),
+     ["--cra_refit=0"], {"vq": "signllm"}),
+    ("straight_through", "straight-through words (ours)", "-", None, [], {"vq": "signllm", "vocab": "signllm"}),
 ]
 ORDER = ["signllm", "encoder_only", "lora", "no_vq", "no_cr", "no_align", "no_llm", "random_llm", "oracle_prims",
-         "oracle_glosses"]  # dependencies first
+         "oracle_glosses", "straight_through"]  # dependencies first
+DEFAULT_ROWS = ORDER[:-1]  # straight-through words: only when asked for
 DEFAULTS = ["--eval_beams=1"]
 
 
@@ -91,9 +92,9 @@ def random_llm(src, dst, n_layers, seed=0):
     os.replace(os.path.join(dst, "model.safetensors.tmp"), os.path.join(dst, "model.safetensors"))
 
 
-def run_row(key, flags, share, common, out, times):
+def run_row(key, flags, share, common, out, times, root):
     """The stages of one row that it does not share; DONE marks a finished stage."""
-    d = os.path.join(out, key)
+    d, (Model, stages) = os.path.join(out, key), row_variant(key, out, root)
     os.makedirs(d, exist_ok=True)
     args = common + [a.format(out=out) for a in flags] + [f"--out_dir={d}"]
     if "vocab" in share:
@@ -111,7 +112,7 @@ def run_row(key, flags, share, common, out, times):
             continue
         print(f"== {key} {stage}")
         t0 = time.time()
-        train.main([f"--stage={stage}", "--overwrite", *args])
+        train.main([f"--stage={stage}", "--overwrite", *args], Model=Model, stages=stages)
         times.setdefault(key, {})[stage] = time.time() - t0
         if not os.path.exists(done):  # train.py marks vq/cra/ft done itself; eval here
             open(done, "w").close()
@@ -122,7 +123,7 @@ def run_row(key, flags, share, common, out, times):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/report")
-    p.add_argument("--rows", default=",".join(ORDER), help=f"comma-separated, from {', '.join(ORDER)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from {', '.join(ORDER)}")
     p.add_argument("--seeds", default="1337", help="comma-separated training seeds (the data set is the same)")
     p.add_argument("--vq_from", default="", help="a finished out/vq to share instead of pre-training VQ-Sign")
     p.add_argument("--random_layers", type=int, default=4, help="layers of the random LLaMA (row random_llm)")
@@ -149,7 +150,7 @@ def main(argv=None):
                 t0 = time.time()
                 random_llm(cfg.signllm.llm or smollm2(), os.path.join(out, "random-llm"), args.random_layers)
                 times[seed].setdefault(key, {})["build"] = time.time() - t0
-            run_row(key, flags, share, common + [f"--seed={seed}"], out, times[seed])
+            run_row(key, flags, share, common + [f"--seed={seed}"], out, times[seed], cfg.data.root)
     command = " ".join(sys.argv[1:] if argv is None else argv)
     return write_report(args.out, seeds, [rows[k] for k in keys], times, cfg, args, command, time.time() - t_all)
 
@@ -180,8 +181,10 @@ def write_report(out, seeds, rows, times, cfg, args, command, wall):
             blind.update({row if row.startswith("random") else f"{row} ({name})": [r[row] for r in per]
                           for row in ("random train text", "other video's frames")})
         if share.get("cra", key) is not None and os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
-            model, saved = signllm.from_checkpoint(os.path.join(out, f"seed{seeds[0]}", key, "ft"))
-            tokens.append((name, token_figures(model, data.DataConfig(**saved["data"]), "dev")))
+            row_out = os.path.join(out, f"seed{seeds[0]}")
+            model, saved = train.load_model(os.path.join(row_out, key, "ft"), Model=row_variant(key, row_out,
+                                                                                                cfg.data.root)[0])
+            tokens.append((name, token_figures(model, saved.data, "dev")))
     for row, per in blind.items():  # no video: a random training sentence; the model fed another video's frames
         lines.append(f"| blind: {row} | - | " + " | ".join(cell([r[s][c] for r in per]) for s in ("dev", "test")
                                                           for c in cols)

@@ -7,7 +7,7 @@ come from the frames?
 Each seed is `python train.py --seed=S --out_dir=OUT/S [settings]` on the same data set, in its own process (--jobs
 at a time; each with --threads=1 when several run). A seed whose OUT/S/eval/metrics.json exists is not trained again.
 Then, per seed and split: B1-B4 and ROUGE-L (train.py's eval, beam search as the preset says), the 95 % bootstrap
-interval of BLEU-4 (metrics.bootstrap_bleu), content recall (below), and two blind rows:
+interval of BLEU-4 (bootstrap_bleu), content recall (below), and two blind rows:
   - "random train text": a random training translation for each video (seeded), scored as the translations;
   - "other video's frames": the model's own translation of another video of the split (a derangement of the split,
     seeded), i.e. the model fed someone else's frames.
@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import metrics  # noqa: E402
@@ -34,6 +36,18 @@ import train  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = {"TEMPERATURE", "DEGREE"}  # glosses every temperature sentence has: not content
+
+
+def bootstrap_bleu(hyps, refs, lang, n=1000, seed=0, order=4):
+    """95 % interval (lo, hi) of corpus BLEU-`order`, tokenized as score_all does: the 2.5 and 97.5 percentiles of
+    its value on n resamples of the sentences, drawn with replacement (Koehn 2004; the paper reports no intervals).
+    Resample i takes the sentences np.random.default_rng(seed).integers(0, S, (n, S))[i] of the S given."""
+    tok = metrics._tokenizers(lang)[0]
+    metrics._check(hyps, refs, order=order, n=n)
+    stats = np.array([metrics._bleu_stats(h, r, order, tok) for h, r in zip(hyps, refs)])  # (S, 2 + 2 order), counted once
+    idx = np.random.default_rng(seed).integers(0, len(hyps), (n, len(hyps)))  # (n, S) sentence indices
+    scores = [metrics._bleu_from_stats(row.tolist()) for row in stats[idx].sum(1)]  # (n, S, 2 + 2 order) -> (n, 2 + 2 order)
+    return tuple(float(v) for v in np.percentile(scores, [2.5, 97.5]))
 
 
 def gloss_words(glosses):
@@ -89,7 +103,7 @@ def figures(run, root, lang, seed):
                  "other video's frames": [hyps[j] for j in derangement(len(hyps), rng)]}
         for row, h in blind.items():
             s = metrics.score_all(h, list(refs), lang)
-            s["B4 95% CI"] = metrics.bootstrap_bleu(h, list(refs), lang, seed=seed)
+            s["B4 95% CI"] = bootstrap_bleu(h, list(refs), lang, seed=seed)
             s["content"] = content_recall(h, gl)
             rows[row][split] = s
     return rows
@@ -136,15 +150,14 @@ def main(argv=None):
 
 
 def report(args, seeds, cfg, settings):
-    import signllm
     from bench_tokens import token_figures
     lang = "zh" if cfg.signllm.language == "Chinese" else cfg.signllm.language
     per = {s: figures(os.path.join(args.out, str(s)), cfg.data.root, lang, s) for s in seeds}
     toks = {}
-    if os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)) and cfg.signllm.tokens == "words":
+    if os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
         for s in seeds:
-            model, saved = signllm.from_checkpoint(os.path.join(args.out, str(s), "ft"))
-            toks[s] = token_figures(model, data.DataConfig(**saved["data"]), "dev")
+            model, saved = train.load_model(os.path.join(args.out, str(s), "ft"))
+            toks[s] = token_figures(model, saved.data, "dev")
     cols = ["B1", "B2", "B3", "B4", "ROUGE-L", "content"]
     lines = [f"`python bench/seeds.py --seeds={args.seeds} -- {' '.join(settings)}`", "",
              "| row | seed | " + " | ".join(f"{s} {c}" for s in ("dev", "test") for c in cols) + " | test B4 95% CI |",

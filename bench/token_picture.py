@@ -93,19 +93,21 @@ def main(argv=None):
     import imageio.v3 as iio
     import cra
     import data
-    import signllm
-    model, saved = signllm.from_checkpoint(args.ckpt)
+    import torch
+    import train
+    model, cfg = train.load_model(args.ckpt)
     model.eval()
-    data_cfg = data.DataConfig(**saved["data"])
+    data_cfg = cfg.data
     samples = data.load_split(data_cfg.root, args.split)[:args.n]
     ds = data.SignDataset(samples, data_cfg, train=False)
     spell = lambda c: "S0" if c == model.cra.n_chars else str(c)  # noqa: E731
     panels = []
     for s, item in zip(samples, ds):
         batch = data.collate([item])
-        codes = model.vq.tokenize_batch(batch["frames"], batch["clip_mask"])[0]
-        words = cra.segment(cra.preprocess(codes, model.cra.n_chars), model.cra.vocab)
-        hyp = model.translate(batch["frames"], batch["clip_mask"])[0]
+        with torch.no_grad():
+            codes = model.vq.encode(batch)[2][0].tolist()  # one video: no padding
+        words = model.cra.sentence(codes)
+        hyp = model.translate(batch)[0]
         panels.append(panel(data.read_frames(s), [
             f"{s.name}: {len(codes)} clips, {len(words)} words",
             "CHARACTERS: " + " ".join(map(str, codes)),

@@ -125,7 +125,7 @@ def test_segment_longest_match():
         vocab = [(c,) for c in range(A)]
         vocab += list({tuple(rng.randrange(A) for _ in range(rng.randint(2, 5))) for _ in range(rng.randint(0, 23))})
         seq = [rng.randrange(A) for _ in range(rng.randint(0, 53))]
-        ids = cra.segment(seq, vocab)
+        ids = cra.longest_match(seq, cra.build_trie(vocab))
         # reference: scan the whole vocabulary at each position, keep the longest word that matches
         i, expect = 0, []
         while i < len(seq):
@@ -135,7 +135,7 @@ def test_segment_longest_match():
         assert ids == expect
         assert [c for j in ids for c in vocab[j]] == seq
     with pytest.raises(ValueError, match="character 9 at position 2"):
-        cra.segment([0, 1, 9], [(0,), (1,)])
+        cra.longest_match([0, 1, 9], cra.build_trie([(0,), (1,)]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -410,7 +410,8 @@ def test_search_bookkeeping_and_vocab_file(tmp_path):
     muv = {r: (res.ipc[r - 1] - res.ipc[r]) / (n[r] - n[r - 1]) for r in range(1, len(n)) if n[r] > n[r - 1]}
     assert res.chosen_r == max(muv, key=muv.get) and len(res.describe()) == len(res.entropies) + 1
     assert res.vocab[:257] == [(c,) for c in range(257)] and len(res.vocab) == res.sizes[res.chosen_r]
-    ids = [cra.segment(s, res.vocab) for s in seqs]
+    trie = cra.build_trie(res.vocab)
+    ids = [cra.longest_match(s, trie) for s in seqs]
     assert np.bincount([t for s in ids for t in s], minlength=len(res.vocab)).tolist() == res.freqs
     eq4 = cra.search(seqs, cra.CRAConfig(n_chars=256, m=32, R=6, size_rule="eq4"))
     assert eq4.chosen_r == 1 + int(np.argmax(-np.diff(eq4.entropies))) and eq4.entropies == res.entropies
@@ -464,31 +465,3 @@ def test_load_vocab_errors(tmp_path):
 def test_search_rejects_raw_sequences():
     with pytest.raises(ValueError, match="sequence 1: character 9"):
         cra.search([[0, 1], [2, 9]], cra.CRAConfig(n_chars=8))
-
-
-def test_straight_through_words_equal_the_word_table_and_reach_the_features():
-    """cra.SignTokens.occurrences: each word composed through g from its clips' z_q has the value of S^w[word] (the
-    word table of the codebook), and its gradient reaches the clip features z, the first clip of each run only."""
-    from vq import ContextGRU
-    torch.manual_seed(int(torch.randint(1 << 30, ())))
-    M, d, B, T = 7, 5, 3, 11
-    vocab = [(c,) for c in range(M + 1)] + [(1, 2), (2, 3, M), (4, 1, 2)]
-    tok = cra.SignTokens(vocab, [1] * len(vocab), M, d, 6, 4).double()
-    g = ContextGRU(d).double()
-    codebook = torch.randn(M, d, dtype=torch.float64)
-    idx = torch.randint(0, M, (B, T))
-    idx[0, :6] = torch.tensor([1, 2, 2, 2, 3, 3])  # runs and an s0
-    idx[2, 7:] = -1  # a shorter video
-    z = torch.randn(B, T, d, dtype=torch.float64, requires_grad=True)
-    z_hat = codebook[idx.clamp(min=0)]
-    z_q = z + (z_hat - z).detach()
-    W, mask = tok.occurrences(idx, z_q, g)
-    S_w = tok.word_table(codebook, g)
-    for b in range(B):
-        ids = tok.sentence(idx[b][idx[b] >= 0].tolist())
-        assert mask[b].sum() == len(ids)
-        torch.testing.assert_close(W[b, :len(ids)], S_w[ids], rtol=1e-12, atol=1e-12)
-    W[mask].sum().backward()
-    grad = z.grad.abs().sum(-1)  # (B, T)
-    assert grad[0, 0] > 0 and grad[0, 1] > 0 and grad[0, 2] == 0 and grad[0, 3] == 0  # a run's first clip only
-    assert (grad[2, 7:] == 0).all()

@@ -55,20 +55,6 @@ def test_num_clips_matches_brute_force_cover():
         data.num_clips(0)
 
 
-def test_cut_clips_is_a_view_with_the_right_frames():
-    B, N, H, W = 3, 37, 5, 7
-    frames = torch.randn(B, N, 3, H, W)
-    n_clips = torch.tensor([data.num_clips(37), data.num_clips(20), data.num_clips(3)])
-    clips = data.cut_clips(frames, n_clips)
-    T = int(n_clips.max())
-    assert clips.shape == (B, T, 13, 3, H, W)
-    ref = torch.stack([frames[:, 4 * t:4 * t + 13] for t in range(T)], 1)
-    assert torch.equal(clips, ref)
-    assert clips.untyped_storage().data_ptr() == frames.untyped_storage().data_ptr()
-    with pytest.raises(ValueError, match="clips need"):
-        data.cut_clips(frames[:, :20], n_clips)
-
-
 def test_clip_labels_middle_frame():
     segs = [["a", 3, 10], ["b", 10, 25], ["c", 25, 31]]
     labels = data.clip_labels(segs, 33)
@@ -97,11 +83,10 @@ def test_collate_pads_to_the_clip_grid(tmp_path):
     ds = data.SignDataset(_folder_set(tmp_path, videos), data.DataConfig(image_size=21), train=False)
     batch = data.collate([ds[i] for i in range(len(ds))])
     n_pad = [data.padded_length(data.num_clips(n)) for n in lengths]
-    assert batch["n_frames"].tolist() == n_pad
-    assert batch["n_clips"].tolist() == [data.num_clips(n) for n in lengths]
     assert batch["frames"].shape == (4, max(n_pad), 3, 21, 21) and batch["frames"].dtype == torch.float32
-    assert batch["clip_mask"].sum(1).tolist() == batch["n_clips"].tolist()
+    assert batch["clip_mask"].sum(1).tolist() == [data.num_clips(n) for n in lengths]
     assert batch["frame_mask"].sum(1).tolist() == n_pad
+    assert [f.tolist() for f in batch["frame_ids"]] == [list(range(n)) for n in lengths]  # no speed change here
     for b, (v, n) in enumerate(zip(videos, lengths)):
         ref = _normalize64(v)
         got = batch["frames"][b].double().numpy()
@@ -123,9 +108,11 @@ def test_resize_speed_jitter_and_crop(tmp_path):
     lengths = set()
     for seed in range(6):
         torch.manual_seed(seed)
-        y = data.SignDataset(_folder_set(tmp_path, [flat]), cfg, train=True)[0]["frames"]
+        item = data.SignDataset(_folder_set(tmp_path, [flat]), cfg, train=True)[0]
+        y = item["frames"]
         grey = (y[:, 0, 0, 0].double() * data.IMAGENET_STD[0] + data.IMAGENET_MEAN[0]) * 255 / 5  # frame indices
         idx = grey.round().long()
+        assert idx[:len(item["frame_ids"])].tolist() == item["frame_ids"].tolist()  # the item says which frames
         assert torch.allclose(grey, idx.double(), atol=1e-3) and (y.std(dim=(2, 3)) < 1e-5).all()
         steps = idx.diff()  # speed in [0.7, 1.3]: steps of 0, 1 or 2 frames, in order, from the first to near the last
         assert idx[0] == 0 and idx[-1] >= n - 3 and ((steps >= 0) & (steps <= 2)).all()
@@ -220,7 +207,7 @@ def test_folder_of_short_videos(tmp_path):
         np.testing.assert_array_equal(data.read_frames(s), gifs.get(s.name, folder))
     ds = data.SignDataset(samples, data.DataConfig(image_size=16), train=False)
     batch = data.collate([ds[i] for i in range(len(ds))])
-    assert batch["frames"].shape[2:] == (3, 16, 16) and batch["n_clips"].tolist() == [1, 1, 1, 1]
+    assert batch["frames"].shape[2:] == (3, 16, 16) and batch["clip_mask"].sum(1).tolist() == [1, 1, 1, 1]
 
 
 def test_frames_of_every_pillow_mode(tmp_path):

@@ -2,8 +2,10 @@
 
 Every test draws fresh random sentences; the seed is in each failure message, and `_rng(seed)` replays a run.
 """
+import os
 import random
 import secrets
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ from sacrebleu.tokenizers.tokenizer_none import NoneTokenizer
 from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
 
 import metrics
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from seeds import bootstrap_bleu  # noqa: E402  (bench/seeds.py's interval)
 
 TOL = 1e-6
 SACRE_TOK = {"13a": Tokenizer13a(), "zh": TokenizerZh(), "none": NoneTokenizer()}
@@ -240,12 +245,12 @@ def test_bootstrap_resamples_match_sacrebleu(lang, tok):
         for s in (seed, seed + 1, seed + 2):
             i = _draws(1, s, len(hyps))[0]
             want = _sacre([hyps[j] for j in i], [refs[j] for j in i], order, tok).score
-            lo, hi = metrics.bootstrap_bleu(hyps, refs, lang, n=1, seed=s, order=order)
+            lo, hi = bootstrap_bleu(hyps, refs, lang, n=1, seed=s, order=order)
             assert abs(lo - want) <= TOL and abs(hi - want) <= TOL, f"seed={seed} resample {s}: {lo} vs {want}"
         draws = _draws(9, seed, len(hyps))
         scores = [_sacre([hyps[j] for j in i], [refs[j] for j in i], order, tok).score for i in draws]
         want = np.percentile(scores, [2.5, 97.5])
-        got = metrics.bootstrap_bleu(hyps, refs, lang, n=9, seed=seed, order=order)
+        got = bootstrap_bleu(hyps, refs, lang, n=9, seed=seed, order=order)
         assert np.allclose(got, want, rtol=0, atol=TOL), f"seed={seed} order {order}: {got} vs {want}"
 
 
@@ -255,10 +260,10 @@ def test_bootstrap_interval_holds_the_score_and_narrows_with_more_sentences():
     for size in (60, 600):  # two corpora of the same kind of sentences and system outputs
         refs = [_sentence(rng, "de") for _ in range(size)]
         hyps = [_hypothesis(rng, r, "de") for r in refs]
-        lo, hi = metrics.bootstrap_bleu(hyps, refs, "de", seed=seed)
+        lo, hi = bootstrap_bleu(hyps, refs, "de", seed=seed)
         full = metrics.score_all(hyps, refs, "de")["B4"]
         assert lo < full < hi, f"seed={seed} {size} sentences: BLEU-4 {full} outside its interval ({lo}, {hi})"
-        assert metrics.bootstrap_bleu(hyps, refs, "de", seed=seed) == (lo, hi), f"seed={seed}: not reproducible"
+        assert bootstrap_bleu(hyps, refs, "de", seed=seed) == (lo, hi), f"seed={seed}: not reproducible"
         widths.append(hi - lo)
     # the interval's width shrinks about as 1 / sqrt(sentences): sqrt(10) here
     assert widths[1] < 0.6 * widths[0], f"seed={seed}: widths {widths} for 60 and 600 sentences"
@@ -266,11 +271,11 @@ def test_bootstrap_interval_holds_the_score_and_narrows_with_more_sentences():
 
 def test_bootstrap_bad_input():
     with pytest.raises(ValueError, match="n must be a positive int"):
-        metrics.bootstrap_bleu(["a"], ["a"], "de", n=0)
+        bootstrap_bleu(["a"], ["a"], "de", n=0)
     with pytest.raises(ValueError, match="order must be a positive int"):
-        metrics.bootstrap_bleu(["a"], ["a"], "de", order=0)
+        bootstrap_bleu(["a"], ["a"], "de", order=0)
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
-        metrics.bootstrap_bleu(["a", "b"], ["a"], "de")
+        bootstrap_bleu(["a", "b"], ["a"], "de")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

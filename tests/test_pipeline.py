@@ -9,8 +9,9 @@ from safetensors.torch import save_file
 
 import data
 import engine
-import signllm
+import llama
 import train
+import translate
 from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig
 
 TINY = ["--synthetic_size=tiny", "--data.image_size=32", "--vq.width=8", "--vq.d=32", "--vq.M=16",
@@ -56,7 +57,7 @@ def test_all_stages_tiny(tmp_path, capsys):
     engine.load(os.path.join(out, "vq"), "best", vq, cfg=cfg)
     z = torch.cat(train.tokenize_videos(vq, data.SignDataset(data.load_split(root, "train"), cfg.data, train=False),
                                         cfg, features=True)).double()  # (clips, d)
-    refit = signllm.from_checkpoint(os.path.join(out, "cra"))[0].vq.codebook.detach().double()
+    refit = train.load_model(os.path.join(out, "cra"))[0].vq.codebook.detach().double()
     term = lambda c: torch.cdist(z, c).pow(2).min(1).values.sum()  # noqa: E731  sum_z min_m ||z - c_m||^2
     assert term(refit) < term(vq.codebook.detach().double()) - 1e-6
     assert mmd[-1] < 0.95 * mmd[0], f"the sign-text alignment did not lower L_MMD: {mmd}"  # ~1.00 -> ~0.93
@@ -70,8 +71,8 @@ def test_all_stages_tiny(tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:  # every output file of eval is written atomically
         mp.setattr(engine, "atomic_write", lambda path, write: written.append(os.path.basename(path))
                    or real(path, write))
-        decode = signllm.Tokenizer.decode  # an LLM may say a newline or a tab: the TSV keeps one row per video
-        mp.setattr(signllm.Tokenizer, "decode", lambda self, ids: decode(self, ids) + "\n\nand\tmore ")
+        decode = llama.Tokenizer.decode  # an LLM may say a newline or a tab: the TSV keeps one row per video
+        mp.setattr(llama.Tokenizer, "decode", lambda self, ids: decode(self, ids) + "\n\nand\tmore ")
         results = train.main(["--stage=eval"] + args)
     assert {"dev.tsv", "test.tsv", "metrics.json"} <= set(written)
     with open(os.path.join(out, "eval", "metrics.json")) as f:
@@ -83,11 +84,11 @@ def test_all_stages_tiny(tmp_path, capsys):
     # the command-line translator reads a frame folder and prints one line per video
     sample = data.load_split(root, "test")[0]
     capsys.readouterr()
-    signllm.main(["--ckpt", os.path.join(out, "ft"), sample.path])
+    translate.main(["--ckpt", os.path.join(out, "ft"), sample.path])
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith(sample.path + "\t")
     with pytest.raises(SystemExit, match="no best"):
-        signllm.main(["--ckpt", str(tmp_path), sample.path])
+        translate.main(["--ckpt", str(tmp_path), sample.path])
 
 
 def test_prefix_cache_gives_the_same_L_sim_and_gradients(tmp_path):

@@ -50,8 +50,8 @@ def test_every_row_tiny(tmp_path):
     root, out, llm = str(tmp_path / "data"), str(tmp_path / "report"), str(tmp_path / "llm")
     data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
-    text = report.main([f"--out={out}", "--random_layers=1", *TINY, *FAST, "--vq.M=40", f"--data.root={root}",
-                        f"--llm={llm}"])  # M: a character for each of the oracle's 39 glosses and rest
+    text = report.main([f"--out={out}", "--random_layers=1", f"--rows={','.join(report.ORDER)}", *TINY, *FAST,
+                        "--vq.M=40", f"--data.root={root}", f"--llm={llm}"])  # M: one per oracle gloss, and rest
     out = os.path.join(out, "seed1337")  # one seed: the cells are that seed's numbers
     # the table: one line per row, its numbers those of the row's own eval
     for key, name, *_ in report.ROWS:
@@ -59,12 +59,12 @@ def test_every_row_tiny(tmp_path):
         cells = next(l for l in text.splitlines() if l.startswith(f"| {name.format(layers=1)} |")).split(" | ")
         assert [float(c) for c in cells[2:12]] == [round(res[s][c], 2) for s in ("dev", "test")
                                                   for c in ("B1", "B2", "B3", "B4", "ROUGE-L")]
-    assert sum(l.startswith("| ") and "glosses |" in l for l in text.splitlines()) == 8  # token rows: not encoders
+    assert sum(l.startswith("| ") and "glosses |" in l for l in text.splitlines()) == 9  # token rows: not encoders
     assert sum(l.startswith("| blind: ") for l in text.splitlines()) == 2
     # shared stages are links to the row that ran them; the encoder-only row has no vq and no cra
     link = lambda k, s: os.path.realpath(os.path.join(out, k, s))  # noqa: E731
     assert not os.path.islink(os.path.join(out, "signllm", "vq"))
-    for k in ("no_cr", "no_align", "no_llm", "random_llm", "oracle_prims", "oracle_glosses"):
+    for k in ("no_cr", "no_align", "no_llm", "random_llm", "oracle_prims", "oracle_glosses", "straight_through"):
         assert link(k, "vq") == link("signllm", "vq")
     assert link("no_llm", "cra") == link("signllm", "cra") and not os.path.islink(os.path.join(out, "no_cr", "cra"))
     assert not os.path.exists(os.path.join(out, "encoder_only", "vq"))

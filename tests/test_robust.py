@@ -17,8 +17,8 @@ import torch
 
 import data
 import engine
-import signllm
 import train
+import translate
 import vq
 from safetensors.torch import load_file
 from test_pipeline import tiny_llm
@@ -253,8 +253,8 @@ def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
     argv = [a for a in argv if not a.startswith("--out_dir=")] + [f"--out_dir={out}"]
     root = next(a for a in argv if a.startswith("--data.root=")).split("=", 1)[1]
     video = data.load_split(root, "test")[0].path
-    model, saved = signllm.from_checkpoint(str(out / "cra"))  # the copy loads as it is
-    assert saved["vq"]["M"] == 8
+    model, saved = train.load_model(str(out / "cra"))  # the copy loads as it is
+    assert saved.vq.M == 8 and model.vq.codebook.shape[0] == 8
     train.main(["--stage=ft"] + argv)
     old = (out / "cra" / "vocab.txt").read_text()
     words = [(c,) for c in range(9)] + [(0, 1), (2, 1, 3)]  # as many words as before, the last one another
@@ -266,7 +266,7 @@ def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
         assert (out / "cra" / "vocab.txt").read_text() == old  # compared first: the old vocabulary is kept
         train.main(["--stage=cra", "--overwrite"] + argv)
     assert (out / "cra" / "vocab.txt").read_text() != old  # replaced once the stage completed
-    signllm.main(["--ckpt", str(out / "ft"), video])  # the finished ft carries its own vocabulary
+    translate.main(["--ckpt", str(out / "ft"), video])  # the finished ft carries its own vocabulary
     with pytest.raises(SystemExit, match=r"cra.word_chars differs .* first at row 10: checkpoint \[1, 2, 3\], "
                                          r"now \[2, 1, 3\]"):
         train.main(["--stage=ft", "--resume"] + argv)
@@ -275,11 +275,11 @@ def test_changed_vocabulary_or_llm_width_refused(trained, tmp_path):
         meta = json.load(open(j))
         meta["config"]["signllm"]["llm"] = str(llm)  # as if the folder had been moved here
         json.dump(meta, open(j, "w"))
-    signllm.from_checkpoint(str(out / "ft"))
+    train.load_model(str(out / "ft"))
     shutil.rmtree(llm)
     shutil.copytree(base / "llm36", llm)
     with pytest.raises(SystemExit, match=r"f projects to width 24 .* has width 36"):
-        signllm.main(["--ckpt", str(out / "ft"), video])
+        translate.main(["--ckpt", str(out / "ft"), video])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of train.py: --key=value parsing with type checks, checkpoints (atomic files, every tensor accounted for, a
 corrupt file refused) and --resume, which must give the losses of an uninterrupted run exactly (CPU)."""
+import dataclasses
 import glob
 import json
 import os
@@ -126,3 +127,18 @@ def test_presets_prompt_and_score_in_the_data_sets_language():
     csl = train.parse_args(["--preset=csl"])
     per_char = metrics.score_all(hyps, refs, "zh")
     assert train.score(csl, hyps, refs) == per_char != metrics.score_all(hyps, refs, "de")
+
+
+def test_older_checkpoints_load_unless_they_are_an_ablation():
+    """A checkpoint's config from before the ablations moved to bench/ablations.py: settings that chose the paper's
+    model are dropped, any other is refused naming it; an unknown key is refused too."""
+    saved = dataclasses.asdict(train.TrainConfig())
+    saved["signllm"].update(tokens="words", decoder="llm", lora_rank=0, straight_through=False)
+    saved["vq"]["quantizer"], saved["data"]["oracle"], saved["kmeans_encoder"] = "vq", "", ""
+    saved["vq"]["M"] = 77
+    assert train.config_of(saved, "ckpt").vq.M == 77
+    for key, value in (("tokens", "chars"), ("lora_rank", 8)):
+        with pytest.raises(SystemExit, match=f"ckpt: trained with signllm.{key}={value!r}, an ablation"):
+            train.config_of(dict(saved, signllm=dict(saved["signllm"], **{key: value})), "ckpt")
+    with pytest.raises(SystemExit, match="unknown config key 'vq.nope'"):
+        train.config_of(dict(saved, vq=dict(saved["vq"], nope=1)), "ckpt")

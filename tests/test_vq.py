@@ -37,11 +37,17 @@ def small_model(**kw):
 
 
 def random_batch(n_clips, size=(37, 29)):
-    """frames (B, N_max, 3, H, W) with garbage past each video's clip grid, as a loader might pad."""
+    """frames (B, N_max, 3, H, W) with garbage past each video's clip grid, as a loader might pad, and the masks."""
     n_clips = torch.tensor(n_clips)
     N = data.padded_length(int(n_clips.max())) + 3
     mask = torch.arange(int(n_clips.max()))[None] < n_clips[:, None]  # (B, T)
-    return {"frames": torch.randn(len(n_clips), N, 3, *size), "clip_mask": mask, "n_clips": n_clips}
+    frame_mask = torch.arange(N)[None] < torch.tensor([data.padded_length(int(n)) for n in n_clips])[:, None]
+    return {"frames": torch.randn(len(n_clips), N, 3, *size), "frame_mask": frame_mask, "clip_mask": mask}
+
+
+def clips_of(frames, T):
+    """(B, N, 3, H, W) -> (B, T, 13, 3, H, W): each 13-frame clip, stride 4 (a view)."""
+    return frames.unfold(1, data.CLIP_LEN, data.CLIP_STRIDE)[:, :T].permute(0, 1, 5, 2, 3, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -51,7 +57,7 @@ def test_shapes_and_padding_never_leaks(gen):
     model = small_model()
     for n_clips in ([1], [3, 1, 6], [2, 5]):
         b = random_batch(n_clips)
-        z, z_hat, idx = model.encode(b["frames"], b["n_clips"])
+        z, z_hat, idx = model.encode(b)
         T = max(n_clips)
         assert z.shape == z_hat.shape == (len(n_clips), T, 24) and idx.shape == (len(n_clips), T)
         m = b["clip_mask"]
@@ -61,20 +67,22 @@ def test_shapes_and_padding_never_leaks(gen):
         frames = b["frames"].clone()
         for i, n in enumerate(n_clips):
             frames[i, data.padded_length(n):] = 1e3 * torch.randn_like(frames[i, data.padded_length(n):])
-        z2, _, idx2 = model.encode(frames, m)
+        z2, _, idx2 = model.encode(dict(b, frames=frames))
         assert torch.equal(z2[m], z[m]) and torch.equal(idx2, idx)
 
 
 def test_sequence_conv3d_equals_per_clip(gen):
-    """Two Conv3Ds over the whole sequence == the encoder run on each 13-frame clip (data.cut_clips) by itself."""
+    """Two Conv3Ds over the whole sequence == the encoder run on each 13-frame clip by itself."""
     enc = VisualEncoder(width=4, d=10).double().eval()
     n_clips = torch.tensor([4, 2])
     frames = torch.randn(2, data.padded_length(4), 3, 37, 29, dtype=torch.float64)
-    z = enc(frames, torch.arange(4)[None] < n_clips[:, None])  # (2, 4, 10)
-    clips = data.cut_clips(frames, n_clips)  # (2, 4, 13, 3, H, W)
+    frame_mask = torch.arange(data.padded_length(4))[None] < torch.tensor([data.padded_length(4), 17])[:, None]
+    z = enc(frames, frame_mask, torch.arange(4)[None] < n_clips[:, None])  # (2, 4, 10)
+    clips = clips_of(frames, 4)  # (2, 4, 13, 3, H, W)
+    one = torch.ones(1, 1, dtype=torch.bool)
     for b in range(2):
         for t in range(int(n_clips[b])):
-            z_clip = enc(clips[b, t][None], torch.ones(1, 1, dtype=torch.bool))  # one clip: 13 frames -> 1 output
+            z_clip = enc(clips[b, t][None], torch.ones(1, 13, dtype=torch.bool), one)  # one clip: 13 frames -> 1 z
             torch.testing.assert_close(z[b, t], z_clip[0, 0], rtol=1e-12, atol=1e-12)
 
 
@@ -83,10 +91,12 @@ def test_center_subtracts_each_videos_mean(gen):
     b = random_batch([4, 2, 5])
     seen = {}
     model.encoder.norm.register_forward_pre_hook(lambda mod, inp: seen.update(x=inp[0]))
-    z, _, _ = model.encode(b["frames"], b["n_clips"])
+    z, _, _ = model.encode(b)
     for rows in torch.split(seen["x"], [4, 2, 5]):  # BatchNorm's input: the valid clips, video by video
         torch.testing.assert_close(rows.mean(0), torch.zeros(rows.shape[1]), rtol=0, atol=1e-5)
-    z1, _, _ = model.encode(b["frames"][1:2, :data.padded_length(2)], torch.tensor([2]))  # alone: the same z
+    alone = {"frames": b["frames"][1:2, :data.padded_length(2)], "frame_mask": torch.ones(1, data.padded_length(2),
+             dtype=torch.bool), "clip_mask": torch.ones(1, 2, dtype=torch.bool)}
+    z1, _, _ = model.encode(alone)  # alone: the same z
     torch.testing.assert_close(z1[0], z[1, :2], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="negatives"):
         small_model(negatives="others")
@@ -96,12 +106,12 @@ def test_mask_validation():
     model = small_model()
     b = random_batch([2, 3])
     with pytest.raises(ValueError, match="leading True"):
-        model.encode(b["frames"], torch.tensor([[True, False, True], [True, True, True]]))
-    with pytest.raises(ValueError, match="time steps"):
-        model.encode(b["frames"][:, :14], b["clip_mask"])
+        model.encode(dict(b, clip_mask=torch.tensor([[True, False, True], [True, True, True]])))
+    with pytest.raises(ValueError, match="time steps"):  # frames for 1 clip, a clip mask of 3
+        model.encode(dict(b, frames=b["frames"][:, :14], frame_mask=b["frame_mask"][:, :14]))
     b["frames"][1, 3, 0, 5, 5] = float("nan")
     with pytest.raises(FloatingPointError, match="clip features z are NaN"):
-        model.eval().encode(b["frames"], b["clip_mask"])
+        model.eval().encode(b)
     codebook = model.codebook.detach().clone()
     model.train().config.reseed_every = 1  # training: the NaN reaches the loss (train.fit decides), seeds no code
     loss, *_ = model(b)
@@ -183,7 +193,7 @@ def test_straight_through_and_eq2_terms(gen):
     enc_params = [p for p in model.encoder.parameters()]
     loss, _ = model.loss(b)
     grads = torch.autograd.grad(loss, enc_params + [model.codebook], retain_graph=True)
-    z, z_hat, idx = model.encode(b["frames"], m)  # the same forward again (same batch, BN statistics)
+    z, z_hat, idx = model.encode(b)  # the same forward again (same batch, BN statistics)
     # g reads the quantized tokens (forward) and its gradient reaches E_v (backward): the straight-through estimator
     torch.testing.assert_close(seen["x"][m], z_hat[m], rtol=0, atol=1e-12)  # z + (z_hat - z): rounding only
     g_c = torch.autograd.grad(seen["c"].sum(), model.encoder.conv3d[2].weight, retain_graph=True)[0]
@@ -329,20 +339,6 @@ def test_usage_perplexity_purity_nmi_against_counters(gen):
     mi = hc + hl - entropy(Counter(zip(codes.tolist(), labels.tolist())))  # I = H(C) + H(L) - H(C, L)
     assert math.isclose(nmi, mi / ((hc + hl) / 2), rel_tol=1e-9)
     assert token_alignment(codes, codes * 2 + 1) == pytest.approx((1.0, 1.0))  # a relabelling: perfect
-
-
-def test_tokenize_matches_batch_encoding(gen):
-    model = small_model()
-    model.train()  # tokenize must switch to eval mode and back
-    v1, v2 = torch.randn(18, 3, 37, 29), torch.randn(1, 3, 37, 29)
-    t1, t2 = model.tokenize(v1), model.tokenize(v2)
-    assert model.training and len(t1) == data.num_clips(18) == 3 and len(t2) == 1
-    pad = lambda v, T: torch.cat([v, v[-1:].expand(data.padded_length(T) - len(v), -1, -1, -1)])
-    frames = torch.stack([pad(v1, 3), torch.cat([pad(v2, 1), torch.zeros(8, 3, 37, 29)])])
-    assert model.tokenize_batch(frames, torch.tensor([3, 1])) == [t1, t2]
-    with pytest.raises(RuntimeError):  # a failing encode (frames of 2 channels) leaves the caller's train mode on
-        model.tokenize_batch(frames[:, :, :2], torch.tensor([3, 1]))
-    assert model.training
 
 
 # ---------------------------------------------------------------------------------------------------------------------
