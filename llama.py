@@ -1,7 +1,7 @@
 """The frozen LLM of SignLLM (Sec. 3.1, 3.4): a hand-written LLaMA, its loader, tokenizers and generation.
 
 Bottom-up: safetensors reader -> config -> RMSNorm, RoPE -> Attention (grouped-query, KV cache) -> SwiGLU MLP
--> Block -> LLaMA (forward, greedy / beam search, loading) -> Tokenizer -> gguf_to_hf (the default LLM's format).
+-> Block -> LLaMA (forward, greedy / beam search, loading) -> Tokenizer. The default LLM's GGUF: smollm2.py.
 The forward pass takes token ids or embeddings (`embeds=`): gradients reach the inputs, the weights stay frozen.
 """
 import json
@@ -387,48 +387,3 @@ class Tokenizer:
         if not self.spm and self.token_id("<|im_start|>") is not None:
             return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
         return f"{user}\n"
-
-
-def gguf_to_hf(src, out):
-    """Write config.json, model.safetensors and tokenizer.json for the LLaMA in GGUF file src into folder out."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import save_file
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
-    r = gguf.GGUFReader(src)
-    meta = lambda k: r.fields[k].contents()  # noqa: E731
-    n_heads, n_kv, n_layers = (meta(f"llama.{k}") for k in ("attention.head_count", "attention.head_count_kv",
-                                                             "block_count"))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": n_layers,
-              "num_attention_heads": n_heads, "num_key_value_heads": n_kv, "torch_dtype": "float32",
-              "hidden_size": meta("llama.embedding_length"), "intermediate_size": meta("llama.feed_forward_length"),
-              "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon"), "vocab_size": meta("llama.vocab_size"),
-              "rope_theta": meta("llama.rope.freq_base"), "max_position_embeddings": meta("llama.context_length"),
-              "bos_token_id": meta("tokenizer.ggml.bos_token_id"), "eos_token_id": meta("tokenizer.ggml.eos_token_id"),
-              "tie_word_embeddings": "output.weight" not in {t.name for t in r.tensors}}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)  # gguf's own map: Hugging Face -> GGUF names
-    hf_keys = [*HF_KEYS, *(f"model.layers.{i}.{k}" for i in range(n_layers) for k in HF_LAYER_KEYS)]
-    hf_key = {names.get_name(k, try_suffixes=(".weight",)): k for k in hf_keys}
-    tensors = {}
-    for t in r.tensors:
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)  # (out, in), Q4_1/Q8_0 -> fp32
-        if t.name.endswith(("attn_q.weight", "attn_k.weight")):
-            # llama.cpp's converter permutes Q and K rows to interleave rotary pairs; undo it for rotate-half RoPE
-            heads = n_heads if "attn_q" in t.name else n_kv
-            w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
-        if t.name not in hf_key:
-            raise ValueError(f"{src}: tensor '{t.name}' is not part of a LLaMA")
-        tensors[hf_key[t.name]] = np.ascontiguousarray(w)
-    save_file(tensors, os.path.join(out, "model.safetensors"))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    # the byte-level BPE tokenizer, rebuilt from the GGUF vocabulary and merges (llama.cpp's "smollm" pre-tokenizer
-    # splits digits one by one before the GPT-2 byte-level split, as SmolLM2's own tokenizer.json does)
-    vocab = {tok: i for i, tok in enumerate(meta("tokenizer.ggml.tokens"))}
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in meta("tokenizer.ggml.merges")]))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    tok.decoder = decoders.ByteLevel()
-    types = meta("tokenizer.ggml.token_type")
-    tok.add_special_tokens([t for t, i in vocab.items() if types[i] == 3])  # 3 = control tokens (<|im_end|>, ...)
-    tok.save(os.path.join(out, "tokenizer.json"))

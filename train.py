@@ -29,6 +29,7 @@ from data import DataConfig
 from engine import rank_world
 from llama import LLaMA, Tokenizer
 from signllm import SignLLM, SignLLMConfig
+from smollm2 import smollm2
 from vq import VQConfig, VQSign, codebook_usage, kmeans, token_alignment
 
 
@@ -148,7 +149,7 @@ def load_llm(cfg, device):
     """The frozen LLaMA and its tokenizer: cfg.llm (a Hugging Face folder) or the embedded SmolLM2 default."""
     if cfg.llm and not os.path.isdir(cfg.llm):
         raise SystemExit(f"signllm.llm={cfg.llm}: no such folder (a Hugging Face LLaMA folder; '' for SmolLM2)")
-    path = cfg.llm or engine.smollm2()
+    path = cfg.llm or smollm2()
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32  # the paper's LLaMA is 16-bit
     llm = LLaMA.from_pretrained(path, dtype=dtype, device=device)  # read straight into dtype: no fp32 copy on a GPU
     llm.grad_checkpointing = cfg.checkpoint_llm

@@ -16,7 +16,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engine import smollm2  # noqa: E402
+from smollm2 import smollm2  # noqa: E402
 from llama import LLaMA, LLaMAConfig  # noqa: E402
 
 

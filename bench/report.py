@@ -28,7 +28,7 @@ import data  # noqa: E402
 import train  # noqa: E402
 from ablations import row_variant  # noqa: E402
 from bench_tokens import token_figures  # noqa: E402
-from engine import smollm2  # noqa: E402
+from smollm2 import smollm2  # noqa: E402
 from llama import HF_KEYS, HF_LAYER_KEYS, LLaMA, LLaMAConfig  # noqa: E402
 from seeds import figures  # noqa: E402
 

