@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import cra
 import data
+import synthetic
 import engine
 import metrics
 from cra import CRAConfig
@@ -45,7 +46,8 @@ class TrainConfig:
     num_workers: int = 1          # DataLoader processes (0: the main process)
     threads: int = 0              # torch CPU threads (0: torch's default)
     make_synthetic: bool = False  # write the synthetic sign language into a missing data.root
-    synthetic_size: str = "default"  # tiny | default | large (data.SIZES)
+    synthetic_size: str = "default"  # tiny | default | large (synthetic.SIZES)
+    synthetic_kind: str = "weather"  # the language make_synthetic writes: weather (the default) | travel
     log_every: int = 1            # steps per log line
     skip_nonfinite: bool = False  # a NaN/inf loss or gradient skips the step instead of stopping
     grad_accum: int = 1           # micro-batches per process per step (batch sizes are global)
@@ -135,7 +137,8 @@ def prepare_data(cfg):
         if not cfg.make_synthetic:
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
-        data.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
+        synthetic.make_synthetic(root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1,
+                                 kind=cfg.synthetic_kind)
     engine.gather(None)  # a barrier: the other ranks read it once rank 0 has written it
     skipped = []  # load_split appends to it
     sets = [data.SignDataset(data.load_split(root, s, cfg.data.skip_bad, skipped), cfg.data, train=s == "train")
@@ -268,7 +271,9 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, sched, collate_fn=data.
         # 6. evaluation on dev, "best" kept when it improves
         if step % sched.eval_every == 0 or step == total:
             engine.rank0_buffers(model)  # BatchNorm's running statistics: rank 0's, on every rank
+            t_eval = time.time()
             m["dev"] = state["dev"] = dev = evaluate(model)
+            m["dt_eval"] = time.time() - t_eval
             bar.write("dev: " + " | ".join(f"{k} {v:.4g}" for k, v in dev.items()))
             if dev["loss"] < state["best_dev"]:
                 state["best_dev"] = dev["loss"]
@@ -320,10 +325,10 @@ def evaluate_vq(model, dev_set, cfg):
     out = {k: sum(p[0][i] for p in parts) / len(parts) for i, k in enumerate(keys)}
     codes, names = torch.cat([c for p in parts for c in p[1]]), [x for p in parts for x in p[2]]
     out["usage"], out["perplexity"] = codebook_usage(codes, model.config.M)
-    if os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
-        videos = data.read_ground_truth(cfg.data.root)["videos"]
+    if os.path.isfile(os.path.join(cfg.data.root, synthetic.GROUND_TRUTH)):
+        videos = synthetic.read_ground_truth(cfg.data.root)["videos"]
         labels = [-1 if x is None else x for n in names  # the primitive at each clip's centre (None: at rest)
-                  for x in data.clip_labels(videos[n]["primitives"], videos[n]["n_frames"])]
+                  for x in synthetic.clip_labels(videos[n]["primitives"], videos[n]["n_frames"])]
         out["purity"], out["nmi"] = token_alignment(codes, torch.tensor(labels))
     return out
 
@@ -427,8 +432,10 @@ def stage_eval(cfg, Model=SignLLM):
     out, results = os.path.join(cfg.out_dir, "eval"), {}
     for split in ("dev", "test"):
         ds = data.SignDataset(data.load_split(cfg.data.root, split, cfg.data.skip_bad), cfg.data, train=False)
+        t0 = time.time()
         hyps, refs, names = translate_split(model, ds, cfg, beams=cfg.eval_beams)
         results[split] = score(cfg, hyps, refs)
+        print(f"{split}: {len(hyps)} videos translated in {time.time() - t0:.1f} s (beam {cfg.eval_beams})")
         if rank_world()[0] == 0:  # every rank holds every translation; rank 0 writes
             engine.write_text(os.path.join(out, f"{split}.tsv"), "name\thypothesis\treference\n" + "".join(
                 f"{n}\t{h}\t{r}\n" for n, h, r in zip(names, hyps, refs)))

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cra  # noqa: E402
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import engine  # noqa: E402
 import train  # noqa: E402
 from signllm import SignLLM  # noqa: E402
@@ -258,7 +259,7 @@ class Oracle(SignLLM):
 
     def units(self, batch):
         """(B, T) unit ids of a batch (-1: padding), from the ground truth and the frames each item holds."""
-        gt = self.__dict__.setdefault("gt", data.read_ground_truth(self.root))
+        gt = self.__dict__.setdefault("gt", synthetic.read_ground_truth(self.root))
         ids = list(gt["lexicon" if self.kind == "glosses" else "primitives"])
         out = []
         for name, kept in zip(batch["name"], batch["frame_ids"]):

@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import synthetic  # noqa: E402
 
 
 def median_time(fn, reps):
@@ -69,8 +70,8 @@ def main():
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         syn, big = os.path.join(tmp, "syn64"), os.path.join(tmp, "syn210x260")
-        data.make_synthetic(syn, seed=0, size="tiny")
-        data.make_synthetic(big, seed=0, size="tiny", height=260, width=210)
+        synthetic.make_synthetic(syn, seed=0, size="tiny")
+        synthetic.make_synthetic(big, seed=0, size="tiny", height=260, width=210)
         add_noise(big, sigma=6)
         sets = [("synthetic 64x64", syn, 64), ("210x260 PNG -> 224", big, 224)]
         print("\n| frames | frames/s ours (Pillow) | frames/s imageio.v3.imread | ours / imageio | bytes per PNG |")
@@ -92,7 +93,7 @@ def main():
         if args.generate:
             root = os.path.join(tmp, "default")
             t0 = time.perf_counter()
-            gt = data.make_synthetic(root, seed=0, size="default")
+            gt = synthetic.make_synthetic(root, seed=0, size="default")
             dt = time.perf_counter() - t0
             frames = sum(v["n_frames"] for v in gt["videos"].values())
             du = [subprocess.run(["du", "-sh", *flag, root], capture_output=True, text=True).stdout.split()[0]

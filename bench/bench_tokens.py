@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cra  # noqa: E402
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import train  # noqa: E402
 from vq import token_alignment  # noqa: E402
 
@@ -49,7 +50,7 @@ def word_spans(chars, tokens):
 
 def token_figures(model, data_cfg, split):
     """The figures of this benchmark for one split, as a dict (bench/report.py puts them in its table)."""
-    gt = data.read_ground_truth(data_cfg.root)["videos"]
+    gt = synthetic.read_ground_truth(data_cfg.root)["videos"]
     ds = data.SignDataset(data.load_split(data_cfg.root, split), data_cfg, train=False)
     words, word_gloss, chars, char_gloss, char_prim = [], [], [], [], []
     inside, n_glosses = 0, 0
@@ -74,7 +75,7 @@ def token_figures(model, data_cfg, split):
     ids = lambda xs: torch.tensor([hash(x) % (1 << 61) if isinstance(x, str) else x for x in xs])  # noqa: E731
     M, vocab = model.cra.n_chars, model.cra.vocab
     f = dict(videos=len(ds), clips=len(chars), word_tokens=len(words), glosses=n_glosses,
-             vocab_words=len(vocab) - M - 1, vocab_chars=M + 1, lexicon=len(data.GLOSSES),
+             vocab_words=len(vocab) - M - 1, vocab_chars=M + 1, lexicon=len(synthetic.GLOSSES),
              multi_char=sum(len(vocab[x]) > 1 for x in words) / len(words), inside=inside / len(words))
     f["word_purity"], f["word_nmi"] = token_alignment(torch.tensor(words), ids(word_gloss))
     f["char_gloss_purity"], f["char_gloss_nmi"] = token_alignment(torch.tensor(chars), ids(char_gloss))

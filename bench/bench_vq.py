@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import train  # noqa: E402
 from vq import VQConfig, VQSign  # noqa: E402
 
@@ -95,7 +96,7 @@ def main():
         one_config(argparse.Namespace(**{n: (x if n == "impl" else int(x)) for n, x in v.items()}))
         return
     p = train.PRESETS["synthetic"]
-    frames = 84  # the mean video length of the synthetic default set (data.make_synthetic, size "default")
+    frames = 84  # the mean video length of the synthetic default set (synthetic.make_synthetic, size "default")
     rows = []
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores; medians of {a.reps} steps ({a.paper_reps} for the "
           f"paper configuration) after one warm-up step")

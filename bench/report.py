@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import train  # noqa: E402
 from ablations import row_variant  # noqa: E402
 from bench_tokens import token_figures  # noqa: E402
@@ -180,7 +181,7 @@ def write_report(out, seeds, rows, times, cfg, args, command, wall):
         if key == "signllm" or not blind:
             blind.update({row if row.startswith("random") else f"{row} ({name})": [r[row] for r in per]
                           for row in ("random train text", "other video's frames")})
-        if share.get("cra", key) is not None and os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
+        if share.get("cra", key) is not None and os.path.isfile(os.path.join(cfg.data.root, synthetic.GROUND_TRUTH)):
             row_out = os.path.join(out, f"seed{seeds[0]}")
             model, saved = train.load_model(os.path.join(row_out, key, "ft"), Model=row_variant(key, row_out,
                                                                                                 cfg.data.root)[0])

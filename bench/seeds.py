@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import synthetic  # noqa: E402
 import metrics  # noqa: E402
 import train  # noqa: E402
 
@@ -52,16 +53,16 @@ def bootstrap_bleu(hyps, refs, lang, n=1000, seed=0, order=4):
 
 def gloss_words(glosses):
     """{gloss: set of English words that say it} for one reference's glosses (STRONG's word depends on its weather)."""
-    weather = next((g for g in glosses if g in data.WEATHER), None)
+    weather = next((g for g in glosses if g in synthetic.WEATHER), None)
     out = {}
     for g in glosses:
-        if g in data.TIMES or g in data.REGIONS:
-            out[g] = {({**data.TIMES, **data.REGIONS}[g]).split()[-1]}  # "in the north" -> north
-        elif g in data.WEATHER:  # every form of it: "it will be cloudy", "thick clouds", "clouds"
-            out[g] = {w for form in data.WEATHER[g] for w in form.split()} - {"it", "will", "be", "there", "the"} - {
-                data.WEATHER[g][1].split()[0]}
+        if g in synthetic.TIMES or g in synthetic.REGIONS:
+            out[g] = {({**synthetic.TIMES, **synthetic.REGIONS}[g]).split()[-1]}  # "in the north" -> north
+        elif g in synthetic.WEATHER:  # every form of it: "it will be cloudy", "thick clouds", "clouds"
+            out[g] = {w for form in synthetic.WEATHER[g] for w in form.split()} - {"it", "will", "be", "there", "the"} - {
+                synthetic.WEATHER[g][1].split()[0]}
         elif g == "STRONG":
-            out[g] = {data.WEATHER[weather][1].split()[0]} if weather else set()
+            out[g] = {synthetic.WEATHER[weather][1].split()[0]} if weather else set()
         elif g == "NOT":
             out[g] = {"no"}
         elif g not in TEMPLATE:
@@ -69,14 +70,17 @@ def gloss_words(glosses):
     return out
 
 
-def content_recall(hyps, glosses):
-    """Mean over sentences of the share of content glosses whose word appears in the hypothesis; None if a gloss is
-    not the synthetic language's."""
-    if any(g not in data.GLOSSES for gl in glosses for g in gl):
+def content_recall(hyps, glosses, content_words=None):
+    """Mean over sentences of the share of content glosses whose word appears in the hypothesis. content_words: the
+    language's {gloss: word} (its ground truth's), else the weather language's gloss_words; None if a gloss is not
+    the language's."""
+    known = content_words.keys() | {"MINUTE", "CLOCK"} if content_words else set(synthetic.GLOSSES)
+    if any(g not in known for gl in glosses for g in gl):
         return None
     shares = []
     for h, gl in zip(hyps, glosses):
-        words, want = set(re.findall(r"[a-z]+", h.lower())), gloss_words(gl)
+        words = set(re.findall(r"[a-z]+", h.lower()))
+        want = {g: {content_words[g]} for g in gl if g in content_words} if content_words else gloss_words(gl)
         shares.append(sum(bool(w & words) for w in want.values()) / max(len(want), 1))
     return 100 * sum(shares) / len(shares)
 
@@ -93,6 +97,8 @@ def derangement(n, rng):
 def figures(run, root, lang, seed):
     """The table's rows for one finished run (OUT/S): {row: {split: {metric: value}}}."""
     gloss = {s: {x.name: x.gloss.split() for x in data.load_split(root, s)} for s in ("train", "dev", "test")}
+    truth = os.path.join(root, synthetic.GROUND_TRUTH)
+    words = synthetic.read_ground_truth(root).get("content_words") if os.path.isfile(truth) else None
     train_texts = [x.text for x in data.load_split(root, "train")]
     rows, rng = {"model": {}, "random train text": {}, "other video's frames": {}}, random.Random(seed)
     for split in ("dev", "test"):
@@ -104,7 +110,7 @@ def figures(run, root, lang, seed):
         for row, h in blind.items():
             s = metrics.score_all(h, list(refs), lang)
             s["B4 95% CI"] = bootstrap_bleu(h, list(refs), lang, seed=seed)
-            s["content"] = content_recall(h, gl)
+            s["content"] = content_recall(h, gl, words)
             rows[row][split] = s
     return rows
 
@@ -127,7 +133,8 @@ def main(argv=None):
     cfg = train.parse_args(settings)  # type-checked here, before hours of training
     os.makedirs(args.out, exist_ok=True)
     if cfg.make_synthetic and not os.path.exists(cfg.data.root):  # once, here: the seeds' processes would race
-        data.make_synthetic(cfg.data.root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1)
+        synthetic.make_synthetic(cfg.data.root, seed=0, size=cfg.synthetic_size, workers=os.cpu_count() or 1,
+                                 kind=cfg.synthetic_kind)
     todo = [s for s in seeds if not os.path.exists(os.path.join(args.out, str(s), "eval", "metrics.json"))]
     running, t0 = [], time.time()
     while todo or running:
@@ -154,7 +161,7 @@ def report(args, seeds, cfg, settings):
     lang = "zh" if cfg.signllm.language == "Chinese" else cfg.signllm.language
     per = {s: figures(os.path.join(args.out, str(s)), cfg.data.root, lang, s) for s in seeds}
     toks = {}
-    if os.path.isfile(os.path.join(cfg.data.root, data.GROUND_TRUTH)):
+    if os.path.isfile(os.path.join(cfg.data.root, synthetic.GROUND_TRUTH)):
         for s in seeds:
             model, saved = train.load_model(os.path.join(args.out, str(s), "ft"))
             toks[s] = token_figures(model, saved.data, "dev")

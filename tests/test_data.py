@@ -1,7 +1,7 @@
 """Tests for data.py: clip framing against a brute-force count, the loaders on fixtures that mirror the real layouts
 (Phoenix-2014T with and without <name>/1/, CSL-Daily, a plain folder of GIFs and frame folders), every bad input, and
 the synthetic sign language (round trip through the loader, determinism, the split guarantees)."""
-import hashlib, os, pickle, re, subprocess, sys
+import os, pickle, re, subprocess, sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import data
+import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,16 +28,6 @@ def _video(rng, n, h=21, w=26):
 def _normalize64(v):  # float64 reference of the Dataset's normalization: (N, H, W, 3) uint8 -> (N, 3, H, W)
     x = v.astype(np.float64) / 255
     return ((x - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)).transpose(0, 3, 1, 2)
-
-
-def _tree_hash(root):
-    h = hashlib.sha256()
-    for d, _, files in sorted(os.walk(root)):
-        for f in sorted(files):
-            p = os.path.join(d, f)
-            h.update(os.path.relpath(p, root).encode())
-            h.update(open(p, "rb").read())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,7 +48,7 @@ def test_num_clips_matches_brute_force_cover():
 
 def test_clip_labels_middle_frame():
     segs = [["a", 3, 10], ["b", 10, 25], ["c", 25, 31]]
-    labels = data.clip_labels(segs, 33)
+    labels = synthetic.clip_labels(segs, 33)
     assert len(labels) == data.num_clips(33)
     for t, lab in enumerate(labels):
         m = min(4 * t + 6, 32)
@@ -414,89 +405,3 @@ def test_csl_bad_entries(tmp_path):
 def test_unknown_layout(tmp_path):
     with pytest.raises(data.DataError, match="Phoenix-2014T.*CSL-Daily.*plain folder"):
         data.load_split(str(tmp_path), "train")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the synthetic sign language
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("synth") / "tiny")
-    return root, data.make_synthetic(root, seed=3, size="tiny")
-
-
-def test_synthetic_round_trip(synthetic):
-    root, gt = synthetic
-    rng = np.random.default_rng(3)  # the generator's own draws, repeated: what the loader must give back
-    lang = data._language(rng)
-    splits = data._splits(rng, data.SIZES["tiny"], lang[3])
-    for k, split in enumerate(("train", "dev", "test")):
-        samples = data.load_split(root, split)
-        assert len(samples) == data.SIZES["tiny"][k]
-        assert [(s.gloss.split(), s.text) for s in samples] == [(g, t) for g, t, _ in splits[split]]
-        for s in samples:
-            v, e = data.read_frames(s), gt["videos"][s.name]
-            assert v.shape == (e["n_frames"], gt["height"], gt["width"], 3) and e["split"] == split
-            assert [g for g, _, _ in e["glosses"]] == s.gloss.split()
-            prims = iter(e["primitives"])
-            for g, a, b in e["glosses"]:  # each gloss is its lexicon's primitives, back to back
-                segs = [next(prims) for _ in gt["lexicon"][g]]
-                assert [p for p, _, _ in segs] == gt["lexicon"][g]
-                assert segs[0][1] == a and segs[-1][2] == b and all(x[2] == y[1] for x, y in zip(segs, segs[1:]))
-            assert 0 < e["glosses"][0][1] and e["glosses"][-1][2] < e["n_frames"]  # rest frames at both ends
-    assert data.read_ground_truth(root) == gt
-
-
-def test_synthetic_poses_holds_and_rest():
-    rng = np.random.default_rng()
-    prims, lexicon, _, _ = data._language(rng)
-    n_holds = 0
-    for _ in range(20):
-        glosses = data._sentence(rng)[0]
-        frames, prim_seg, gloss_seg, holds = data._poses(glosses, lexicon, prims, rng, float(rng.uniform(.7, 1.3)))
-        n_holds += len(holds)
-        assert frames[0] == frames[gloss_seg[0][1] - 1] == (data.REST[0], "fist", data.REST[1], "fist")
-        for a, b in holds:  # a hold repeats the last pose of its gloss
-            assert b - a >= 3 and all(f == frames[a - 1] for f in frames[a:b]) and any(g[2] == b for g in gloss_seg)
-        for pid, a, b in prim_seg:  # the primitive's handshape is shown throughout its segment
-            assert b - a >= 4 and all(f[1] == prims[pid]["shape"] for f in frames[a:b])
-    assert n_holds > 0  # about one gloss in four ends in a hold
-
-
-def test_synthetic_is_deterministic(synthetic, tmp_path):
-    root, _ = synthetic
-    subprocess.run([sys.executable, os.path.join(REPO, "data.py"), "--make-synthetic", str(tmp_path / "again"),
-                    "--seed", "3", "--size", "tiny", "--workers", "2"], check=True, capture_output=True)
-    assert _tree_hash(str(tmp_path / "again")) == _tree_hash(root)
-    data.make_synthetic(str(tmp_path / "other"), seed=4, size="tiny")
-    assert _tree_hash(str(tmp_path / "other")) != _tree_hash(root)
-    with pytest.raises(FileExistsError):
-        data.make_synthetic(str(tmp_path / "other"), seed=4, size="tiny")
-
-
-def test_synthetic_splits_and_language():
-    rng = np.random.default_rng()
-    prims, lexicon, signers, heldout = data._language(rng)
-    seqs = [tuple(s) for s in lexicon.values()]
-    assert len(set(seqs)) == len(data.GLOSSES) and all(2 <= len(s) <= 4 for s in seqs)
-    assert all(a != b for s in seqs for a, b in zip(s, s[1:]))
-    feats = [(p["shape"], p["motion"], tuple(p["loc"])) for p in prims]  # any two differ in two of three
-    assert all(sum(x != y for x, y in zip(f, g)) >= 2 for i, f in enumerate(feats) for g in feats[i + 1:])
-    sizes = data.SIZES["default"]
-    splits = data._splits(rng, sizes, heldout)
-    assert [len(splits[s]) for s in ("train", "dev", "test")] == list(sizes)
-
-    def pairs(g):  # (region, weather) signed next to each other
-        return {(a, b) for a, b in zip(g, g[1:]) if a in data.REGIONS and b in data.WEATHER}
-    train = {tuple(g) for g, _, _ in splits["train"]}
-    assert not any(pairs(g) & set(heldout) for g in train)
-    assert set(data.GLOSSES) == {x for g in train for x in g}
-    for split in ("dev", "test"):
-        novel = [bool(pairs(g) & set(heldout)) for g, _, _ in splits[split]]
-        assert novel == [n for _, _, n in splits[split]] and sum(novel) == len(novel) // 2
-        assert not {tuple(g) for g, _, _ in splits[split]} & train
-        assert len({tuple(g) for g, _, _ in splits[split]}) == len(splits[split])  # no sentence twice
-    assert not {tuple(g) for g, _, _ in splits["dev"]} & {tuple(g) for g, _, _ in splits["test"]}
-    for g, text, _ in splits["train"][:50]:  # the region comes first in glosses, last in English
-        assert text.endswith(data.REGIONS[g[-2] if g[-1] in data.WEATHER and g[-2] in data.REGIONS else g[1]])
-        assert text == text.lower() and len(text.split()) > len(g)

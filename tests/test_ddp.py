@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import data
+import synthetic
 import train
 from test_pipeline import TINY, tiny_llm
 
@@ -38,14 +39,14 @@ def assert_same_steps(one, two, rel=1e-6):
     assert [m["step"] for m in one] == [m["step"] for m in two] and one
     for a, b in zip(one, two):
         assert set(a) == set(b), (a, b)
-        for k in set(a) - {"dt", "dev"}:
+        for k in set(a) - {"dt", "dt_eval", "dev"}:
             assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-6), (a["step"], k, a[k], b[k])
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("d") / "synthetic")
-    data.make_synthetic(root, seed=5, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
+    synthetic.make_synthetic(root, seed=5, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
     return root
 
 
@@ -73,7 +74,7 @@ def test_cra_ft_eval_two_processes(tmp_path):
     """vq in one process; then cra, ft (L_ft through a tiny random LLaMA) and eval under torchrun (--stage=all skips
     the finished vq) against the same stages in one process with grad_accum=2."""
     root, llm = str(tmp_path / "data"), str(tmp_path / "llm")
-    data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
+    synthetic.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     args = TINY + [f"--data.root={root}", f"--llm={llm}", "--cra_steps=4", "--ft_max_steps=4", "--ft_eval_every=4"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import data
+import synthetic
 import engine
 import llama
 import train
@@ -40,7 +41,7 @@ def tiny_llm(folder, texts, dim=24):
 
 def test_all_stages_tiny(tmp_path, capsys):
     root, out, llm = str(tmp_path / "data"), str(tmp_path / "out"), str(tmp_path / "llm")
-    data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
+    synthetic.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     args = TINY + [f"--data.root={root}", f"--out_dir={out}", f"--llm={llm}"]
     train.main(["--stage=vq"] + args)
@@ -100,7 +101,7 @@ def test_prefix_cache_gives_the_same_L_sim_and_gradients(tmp_path):
     from vq import VQConfig, VQSign
     import numpy as np
     rng = np.random.default_rng(0)
-    texts = [data._sentence(rng)[1] for _ in range(300)]  # the synthetic language's translations
+    texts = [synthetic._weather_sentence(rng)[1] for _ in range(300)]  # the synthetic language's translations
     folder = str(tmp_path / "llm")
     tiny_llm(folder, texts)
     llm, tok = LLaMA.from_pretrained(folder), Tokenizer.from_pretrained(folder)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import data
+import synthetic
 import engine
 import vq
 from test_pipeline import TINY, tiny_llm
@@ -48,7 +49,7 @@ def test_kmeans_equals_scipy():
 
 def test_every_row_tiny(tmp_path):
     root, out, llm = str(tmp_path / "data"), str(tmp_path / "report"), str(tmp_path / "llm")
-    data.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
+    synthetic.make_synthetic(root, seed=0, size="tiny", height=32, width=32)
     tiny_llm(llm, [s.text for s in data.load_split(root, "train")] * 3)
     text = report.main([f"--out={out}", "--random_layers=1", f"--rows={','.join(report.ORDER)}", *TINY, *FAST,
                         "--vq.M=40", f"--data.root={root}", f"--llm={llm}"])  # M: one per oracle gloss, and rest
@@ -137,7 +138,7 @@ def test_content_recall_and_blind_rows():
     sentence of other content less; the derangement moves every video."""
     import seeds
     rng = np.random.default_rng(int(torch.randint(1 << 30, ())))
-    sents = [data._sentence(rng) for _ in range(60)]
+    sents = [synthetic._weather_sentence(rng) for _ in range(60)]
     glosses, texts = [s[0] for s in sents], [s[1] for s in sents]
     assert seeds.content_recall(texts, glosses) == 100.0
     assert seeds.content_recall([t.upper() + "." for t in texts], glosses) == 100.0  # case and punctuation ignored

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import data
+import synthetic
 import engine
 import train
 import translate
@@ -29,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("d") / "synthetic")
-    data.make_synthetic(root, seed=7, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
+    synthetic.make_synthetic(root, seed=7, size="tiny", height=32, width=32)  # 12 train, 4 dev videos
     return root
 
 
@@ -41,7 +42,7 @@ def args(root, out, *more):  # 12 videos / 5 = 3 steps per epoch; checkpoints at
 
 def log_of(out):
     """Per-step log lines without the wall-clock time."""
-    return [{k: v for k, v in json.loads(l).items() if k != "dt"} for l in open(os.path.join(out, "vq", "log.jsonl"))]
+    return [{k: v for k, v in json.loads(l).items() if k not in ("dt", "dt_eval")} for l in open(os.path.join(out, "vq", "log.jsonl"))]
 
 
 def newest(out, tag):

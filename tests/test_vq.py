@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import synthetic
 from vq import (ContextGRU, ResNet18, VQConfig, VQSign, VisualEncoder, codebook_usage, context_prediction, kmeans,
                 load_resnet18_weights, token_alignment)
 
@@ -347,7 +348,7 @@ def test_usage_perplexity_purity_nmi_against_counters(gen):
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synth") / "synthetic")
-    data.make_synthetic(root, seed=3, size="tiny", height=32, width=32)
+    synthetic.make_synthetic(root, seed=3, size="tiny", height=32, width=32)
     return root
 
 
