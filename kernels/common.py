@@ -49,7 +49,7 @@ def dot_precision(a, b):
     The interpreter ignores the choice: its tl.dot is a numpy fp32 matmul, so on a CPU every mode is "ieee"."""
     if a.dtype != torch.float32 and b.dtype != torch.float32:
         return "tf32"
-    switch = getattr(torch.backends.cuda.matmul, "fp32_precision", None)  # torch >= 2.9: "ieee", "tf32" or "none"
+    switch = getattr(torch.backends.cuda.matmul, "fp32_precision", None)  # newer torch: "ieee", "tf32" or "none"
     tf32 = switch == "tf32" if switch is not None else torch.get_float32_matmul_precision() != "highest"
     return "tf32" if tf32 else "ieee"
 
