@@ -2,12 +2,15 @@
 
 On a CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1); on a GPU they run
 compiled. Inputs are fresh random draws: a failure prints its seed; rerun it with KERNELS_TEST_SEED=<seed>.
-The compile test builds every kernel for Hopper (sm_90) in a subprocess without TRITON_INTERPRET, so it needs no GPU.
+The compile test builds every kernel for Ampere (sm_80) and Hopper (sm_90) in a subprocess without TRITON_INTERPRET, so
+it needs no GPU, and fails on a spill, a missing tensor-core instruction or a slow ptxas (python -m tests.test_kernels
+prints its table).
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ import triton
 
 import signllm_kernels.mmd as mmdm
 import signllm_kernels.nearest_code as ncm
-from signllm_kernels.common import GPU_BLOCKS, INTERPRETER_BLOCKS, Blocks
+from signllm_kernels.common import GPU_BLOCKS, GPU_SAFE_BLOCKS, INTERPRETER_BLOCKS, Blocks, dot_precision
 from signllm_kernels.mmd import mmd, mmd_ref
 from signllm_kernels.nearest_code import nearest_code, nearest_code_ref
 
@@ -28,6 +31,16 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def rng():
     seed = int(os.environ.get("KERNELS_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
     return torch.Generator().manual_seed(seed), f"seed={seed}"
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_matmuls():
+    """fp32 inputs multiply exactly unless torch allows TF32 (common.dot_precision), and the float64 comparisons below
+    use fp32 tolerances: the switch is pinned off, as torch ships it; the tf32 tests turn it on themselves."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_triton_path_is_taken():
@@ -267,38 +280,148 @@ def test_mmd_bad_inputs():
         mmd(x[:0], y, [1.0])
 
 
-# ----------------------------------------------------------------------------- real compile for Hopper
+# ----------------------------------------------------------------------------- dot precision: torch's TF32 switch
 
+def test_dot_precision_follows_torch_tf32_switch():
+    f32, f16, bf16 = (torch.empty(0, dtype=t) for t in (torch.float32, torch.float16, torch.bfloat16))
+    assert dot_precision(f32, f32) == dot_precision(f32, bf16) == "ieee", "torch's default: fp32 matmuls are IEEE"
+    assert dot_precision(f16, f16) == dot_precision(bf16, bf16) == "tf32", "16-bit inputs are exact in tf32"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    assert dot_precision(f32, f32) == dot_precision(bf16, f32) == "tf32"
+    torch.set_float32_matmul_precision("highest")
+    assert dot_precision(f32, f32) == "ieee"
+    torch.set_float32_matmul_precision("high")
+    assert dot_precision(f32, f32) == "tf32"
+
+
+def tf32_changes(a, b, gammas, u=2**-10):
+    """How far S(a, b) and dS(a, b)/da can move, to first order, when every tl.dot operand is rounded or truncated to
+    tf32 (relative error < u = 2^-10): ||a_i - b_j||^2 = ||a_i||^2 + ||b_j||^2 - 2 a_i.b_j moves by delta_ij <=
+    4u ||a_i|| ||b_j||, each exp(-g d2) by g exp(-g d2) delta, w = -2 g exp(-g d2) by 2 g^2 exp(-g d2) delta, and
+    W @ b (the backward's second dot) by 2u |w| |b|. Returns (a float, an (n_a, D) float64 tensor)."""
+    a, b = a.double(), b.double()
+    d2 = exact_sq_dists(a, b)  # (n_a, n_b)
+    delta = 4 * u * a.norm(dim=1)[:, None] * b.norm(dim=1)[None, :]  # (n_a, n_b)
+    e = [torch.exp(-g * d2) for g in gammas]
+    k_change = sum(g * e_g for g, e_g in zip(gammas, e)) * delta
+    w = sum(2 * g * e_g for g, e_g in zip(gammas, e))  # |w|
+    w_change = sum(2 * g * g * e_g for g, e_g in zip(gammas, e)) * delta
+    grad_change = (w_change[:, :, None] * (a[:, None, :] - b[None, :, :]).abs()).sum(1) + 2 * u * w @ b.abs()
+    return k_change.sum().item(), grad_change
+
+
+@pytest.mark.parametrize("blocks", [None, GPU_BLOCKS])
+def test_tf32_allowed_stays_within_tf32_rounding(rng, blocks):
+    """With TF32 allowed, fp32 inputs multiply in tf32 on a GPU: results within the worst-case rounding bounds of
+    tf32_changes (doubled: first order), ~2 % of the MMD and of its gradient here. Perturbing the kernels' products by
+    2^-7 (nearest_code) or 2^-5 (mmd) fails it; errors a few times tf32's pass. The interpreter's tl.dot is numpy's
+    fp32 matmul whatever the precision: on a CPU this test runs the exact path against the same bounds."""
+    gen, seed = rng
+    torch.backends.cuda.matmul.allow_tf32 = True
+    z, codebook = torch.randn(300, 70, generator=gen), torch.randn(100, 70, generator=gen)
+    idx, dist = (t.cpu() for t in nearest_code(z.to(DEVICE), codebook.to(DEVICE), blocks))
+    D = exact_sq_dists(z, codebook)  # (N, M)
+    delta = 4 * 2**-10 * z.double().norm(dim=1) * codebook.double().norm(dim=1).max()  # (N,)
+    chosen = D.gather(1, idx[:, None]).squeeze(1)
+    assert ((dist.double() - chosen).abs() <= delta).all(), f"dist beyond tf32 rounding, {seed}"
+    assert (chosen <= D.min(1).values + 2 * delta).all(), f"chosen code beyond tf32 rounding of the nearest, {seed}"
+
+    sigmas, n, m = [0.5, 2.0], 150, 90
+    x = (torch.randn(n, 70, generator=gen) / 70**0.5).requires_grad_()  # rows of norm ~1
+    y = torch.randn(m, 70, generator=gen) / 70**0.5 + 1.0 / 70**0.5  # shifted by 1
+    x_k = x.detach().to(DEVICE).requires_grad_()
+    mmd(x_k, y.to(DEVICE), sigmas, blocks).backward()
+    value = mmd(x.detach().to(DEVICE), y.to(DEVICE), sigmas, blocks).item()
+    ref = mmd_ref(x.double(), y.double(), sigmas)
+    ref.backward()
+    gammas = [1 / (2 * s * s) for s in sigmas]
+    xd = x.detach()
+    (k_xx, g_xx), (k_yy, _), (k_xy, g_xy) = (tf32_changes(a, b, gammas) for a, b in ((xd, xd), (y, y), (xd, y)))
+    assert abs(value - ref.item()) <= 2 * (k_xx / n**2 + k_yy / m**2 + 2 * k_xy / (n * m)), f"mmd: {value}, {seed}"
+    err = (x_k.grad.cpu().double() - x.grad).abs()
+    assert (err <= 2 * (2 / n**2 * g_xx + 2 / (n * m) * g_xy)).all(), f"grad x beyond tf32 rounding, {seed}"
+
+
+# ----------------------------------------------------------------------------- real compile for Ampere and Hopper
+
+PTXAS_LIMIT_S = 60  # a ptxas run that takes longer is killed, and the test fails: a tile a GPU caller can pick must
+#                     compile in seconds (an earlier sweep of tiles met one ptxas run of over 6 minutes and 16 GB)
+
+# Compiles each kernel as a launch on a GPU would: the tiles the launcher may pick (common.GPU_SAFE_BLOCKS), each
+# input dtype with the dot precision common.dot_precision picks under either setting of torch's TF32 switch, and both
+# specializations a launch makes (D a multiple of 16 or not; pointers 16-byte aligned, as torch allocates them; row
+# counts are not specialized), for sm_80 (A100) and sm_90 (H100). ptxas -v reports registers, spills and its time.
 COLD_IMPORT = r"""
-import json, os, sys
+import contextlib, io, json, os, re, shutil, sys, tempfile, time
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 sys.path.insert(0, os.getcwd())
 import signllm_kernels.mmd as mmdm
 import signllm_kernels.nearest_code as ncm
-from signllm_kernels.common import GPU_BLOCKS
+from signllm_kernels.common import GPU_SAFE_BLOCKS, Blocks, dot_precision, launch
 
-def compile_for_hopper(kernel, blocks, types, **constexprs):
+bin_dir, wrappers = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"), tempfile.mkdtemp()
+for name in ("ptxas", "ptxas-blackwell"):  # Triton's ptxas for sm_80 and for sm_90 (the second name misleads)
+    path = os.path.join(wrappers, name)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec timeout {sys.argv[1]} {os.path.join(bin_dir, name)} \"$@\"\n")
+    os.chmod(path, 0o755)
+    os.environ[f"TRITON_{name.upper().replace('-', '_')}_PATH"] = path
+triton.knobs.compilation.always_compile = True  # no cache: ptxas runs, and its log is this compile's
+triton.knobs.nvidia.dump_ptxas_log = True  # Triton prints ptxas -v to stdout
+
+def compile_for(kernel, arch, blocks, dtype, d_aligned, types, **constexprs):
     constexprs.update(BLOCK_N=blocks.n, BLOCK_M=blocks.m, BLOCK_K=blocks.k)
     assert set(types) | set(constexprs) == set(kernel.arg_names), kernel.arg_names
     signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": blocks.num_warps})
-    return {"kernel": kernel.__name__, "precision": constexprs["PRECISION"], "cubin_bytes": len(compiled.asm["cubin"]),
-            "shared": compiled.metadata.shared}
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name, ty in types.items()
+             if ty[0] == "*" or (d_aligned and name in ("d", "D"))}
+    row = {"kernel": kernel.__name__, "arch": arch, "blocks": repr(blocks), "dtype": dtype,
+           "precision": constexprs["PRECISION"], "d_aligned": d_aligned}
+    log, start = io.StringIO(), time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                                      target=GPUTarget("cuda", arch, 32), options={"num_warps": blocks.num_warps})
+    except Exception as e:  # e.g. ptxas killed by its time limit (exit 124)
+        return {**row, "error": f"{type(e).__name__}: {e}"[:600]}
+    seconds, log, ptx = time.perf_counter() - start, log.getvalue(), compiled.asm["ptx"]
+    number = lambda pattern: sum(float(x) for x in re.findall(pattern, log))  # one entry function: one match
+    return {**row, "registers": int(number(r"Used (\d+) registers")), "spill_stores": int(number(
+        r"(\d+) bytes spill stores")), "spill_loads": int(number(r"(\d+) bytes spill loads")), "shared":
+        compiled.metadata.shared, "ptxas_s": number(r"Compile time = ([\d.]+) ms") / 1e3, "seconds": seconds,
+        "cubin_bytes": len(compiled.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "mma": "mma.sync" in ptx}
 
+cases = set()  # (dtype, precision) pairs the launcher can pick
+for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+    for allow_tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        t = torch.empty(0, dtype=dtype)
+        cases.add((name, dot_precision(t, t)))
+torch.backends.cuda.matmul.allow_tf32 = False
 out = []
-for t, precision in (("fp32", "ieee"), ("bf16", "tf32")):
-    out.append(compile_for_hopper(ncm.nearest_code_kernel, GPU_BLOCKS, dict(
-        z_ptr="*" + t, c_ptr="*" + t, idx_ptr="*i64", dist_ptr="*fp32", N="i32", M="i32", d="i32"),
-        PRECISION=precision))
-    out.append(compile_for_hopper(mmdm.mmd_fwd_kernel, GPU_BLOCKS, dict(
-        a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", partial_ptr="*fp32", n_a="i32", n_b="i32", D="i32",
-        num_sigmas="i32"), PRECISION=precision))
-    out.append(compile_for_hopper(mmdm.mmd_bwd_kernel, GPU_BLOCKS, dict(
-        a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", g_ptr="*fp32", ga_ptr="*fp32", gb_ptr="*fp32",
-        scale="fp32", n_a="i32", n_b="i32", D="i32", num_sigmas="i32"), PRECISION=precision, GRAD_A=True, GRAD_B=True))
+for arch in (80, 90):
+    for blocks in GPU_SAFE_BLOCKS:
+        for t, precision in sorted(cases):
+            for d_aligned in (False, True):
+                out.append(compile_for(ncm.nearest_code_kernel, arch, blocks, t, d_aligned, dict(
+                    z_ptr="*" + t, c_ptr="*" + t, idx_ptr="*i64", dist_ptr="*fp32", N="i32", M="i32", d="i32"),
+                    PRECISION=precision))
+                out.append(compile_for(mmdm.mmd_fwd_kernel, arch, blocks, t, d_aligned, dict(
+                    a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", partial_ptr="*fp32", n_a="i32", n_b="i32",
+                    D="i32", num_sigmas="i32"), PRECISION=precision))
+                out.append(compile_for(mmdm.mmd_bwd_kernel, arch, blocks, t, d_aligned, dict(
+                    a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", g_ptr="*fp32", ga_ptr="*fp32", scale="fp32",
+                    n_a="i32", n_b="i32", D="i32", num_sigmas="i32"), PRECISION=precision))
+ptxas = [triton.knobs.nvidia.ptxas.path, triton.knobs.nvidia.ptxas_blackwell.path]  # the wrappers, if they ran
+shutil.rmtree(wrappers)
+
+try:  # a tile no compile above has checked: refused before Triton sees it
+    launch(ncm.nearest_code_kernel, (1,), Blocks(n=128), torch.randn(4, 8), torch.randn(3, 8))
+    unsafe = "no error"
+except ValueError as e:
+    unsafe = str(e)
 
 os.environ["TRITON_INTERPRET"] = "1"  # turned on after the import: a launch must refuse, not crash inside Triton
 try:
@@ -306,29 +429,63 @@ try:
     late = "no error"
 except RuntimeError as e:
     late = str(e)
-print(json.dumps({"compiled": out, "late_interpret": late}))
+print(json.dumps({"compiled": out, "cases": sorted(cases), "ptxas": ptxas, "unsafe_tile": unsafe,
+                  "late_interpret": late}))
 """
 
 
-@pytest.fixture(scope="module")
-def cold_import():
+def run_cold_import():
+    """COLD_IMPORT in a fresh process without TRITON_INTERPRET: its JSON."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, set to silence its warning
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", COLD_IMPORT], cwd=root, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", COLD_IMPORT, str(PTXAS_LIMIT_S)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_kernels_compile_for_hopper(cold_import):
+@pytest.fixture(scope="module")
+def cold_import():
+    return run_cold_import()
+
+
+def test_kernels_compile_for_ampere_and_hopper_without_spills(cold_import):
+    """No spill byte, the tensor cores where the precision asks for them (wgmma on sm_90, mma on sm_80), ptxas under
+    its time limit, shared memory within the card's, for every compile a launch on an A100 or H100 can make."""
+    assert all(p.startswith(tempfile.gettempdir()) for p in cold_import["ptxas"]), f"unbounded: {cold_import['ptxas']}"
+    assert sorted(map(tuple, cold_import["cases"])) == [("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee"),
+                                                        ("fp32", "tf32")], "fp32 never reaches the tensor cores"
     compiled = cold_import["compiled"]
-    names = {(c["kernel"], c["precision"]) for c in compiled}
-    assert names == {(k, p) for k in ("nearest_code_kernel", "mmd_fwd_kernel", "mmd_bwd_kernel")
-                     for p in ("ieee", "tf32")}
+    assert len(compiled) == 2 * len(GPU_SAFE_BLOCKS) * 4 * 2 * 3  # archs x tiles x cases x D % 16 x kernels
     for c in compiled:
-        assert c["cubin_bytes"] > 0, c
-        assert c["shared"] <= 232448, f"{c}: more shared memory than an H100 block may use (227 KB)"
+        assert "error" not in c, c
+        assert c["spill_stores"] == c["spill_loads"] == 0, f"spills registers to local memory: {c}"
+        assert c["ptxas_s"] < PTXAS_LIMIT_S and c["cubin_bytes"] > 0, c
+        assert c["shared"] <= (232448 if c["arch"] == 90 else 166912), f"more shared memory than a block may use: {c}"
+        tensor_cores = c["wgmma"] if c["arch"] == 90 else c["mma"]
+        assert tensor_cores == (c["precision"] == "tf32"), f"tensor cores {'used' if tensor_cores else 'missing'}: {c}"
+
+
+def test_unchecked_tile_is_refused_on_a_gpu(cold_import):
+    assert "has not been compiled and checked for sm_80 and sm_90" in cold_import["unsafe_tile"], cold_import
 
 
 def test_late_interpret_is_refused(cold_import):
     assert "TRITON_INTERPRET changed after" in cold_import["late_interpret"]
+
+
+if __name__ == "__main__":  # python -m tests.test_kernels: the compile table of BENCHMARKS.md, no GPU needed
+    import time
+    start = time.perf_counter()
+    result = run_cold_import()
+    print(f"{'kernel':19} {'arch':5} {'dtype':5} {'precision':9} {'D%16':4} | {'regs':>4} {'spill st/ld':>11} "
+          f"{'smem B':>6} {'ptxas s':>7} {'all s':>5} tensor cores")
+    for c in result["compiled"]:
+        aligned = "yes" if c["d_aligned"] else "no"
+        head = f"{c['kernel']:19} sm_{c['arch']} {c['dtype']:5} {c['precision']:9} {aligned:4} |"
+        print(head, c["error"] if "error" in c else f"{c['registers']:4d} {c['spill_stores']:5d} /"
+              f"{c['spill_loads']:4d} {c['shared']:6d} {c['ptxas_s']:7.2f} {c['seconds']:5.1f} "
+              f"{'wgmma' if c['wgmma'] else 'mma' if c['mma'] else 'none (FMA)'}")
+    print(f"{len(result['compiled'])} compiles of {GPU_SAFE_BLOCKS} in {time.perf_counter() - start:.0f} s "
+          f"(ptxas limited to {PTXAS_LIMIT_S} s); unchecked tile: {result['unsafe_tile'][:60]}...")
