@@ -393,26 +393,27 @@ def compile_for(kernel, arch, blocks, dtype, d_aligned, types, **constexprs):
         compiled.metadata.shared, "ptxas_s": number(r"Compile time = ([\d.]+) ms") / 1e3, "seconds": seconds,
         "cubin_bytes": len(compiled.asm["cubin"]), "wgmma": "wgmma.mma_async" in ptx, "mma": "mma.sync" in ptx}
 
-cases = set()  # (dtype, precision) pairs the launcher can pick
-for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+cases = set()  # (first input's dtype, second's, precision) that the launcher can pick; the mixed pairs in both orders
+names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+for a, b in [(t, t) for t in names] + [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]:
     for allow_tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        t = torch.empty(0, dtype=dtype)
-        cases.add((name, dot_precision(t, t)))
+        cases.add((names[a], names[b], dot_precision(torch.empty(0, dtype=a), torch.empty(0, dtype=b))))
 torch.backends.cuda.matmul.allow_tf32 = False
 out = []
 for arch in (80, 90):
     for blocks in GPU_SAFE_BLOCKS:
-        for t, precision in sorted(cases):
+        for t, u, precision in sorted(cases):
             for d_aligned in (False, True):
-                out.append(compile_for(ncm.nearest_code_kernel, arch, blocks, t, d_aligned, dict(
-                    z_ptr="*" + t, c_ptr="*" + t, idx_ptr="*i64", dist_ptr="*fp32", N="i32", M="i32", d="i32"),
+                dtype = t if t == u else f"{t}x{u}"
+                out.append(compile_for(ncm.nearest_code_kernel, arch, blocks, dtype, d_aligned, dict(
+                    z_ptr="*" + t, c_ptr="*" + u, idx_ptr="*i64", dist_ptr="*fp32", N="i32", M="i32", d="i32"),
                     PRECISION=precision))
-                out.append(compile_for(mmdm.mmd_fwd_kernel, arch, blocks, t, d_aligned, dict(
-                    a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", partial_ptr="*fp32", n_a="i32", n_b="i32",
+                out.append(compile_for(mmdm.mmd_fwd_kernel, arch, blocks, dtype, d_aligned, dict(
+                    a_ptr="*" + t, b_ptr="*" + u, gamma_ptr="*fp32", partial_ptr="*fp32", n_a="i32", n_b="i32",
                     D="i32", num_sigmas="i32"), PRECISION=precision))
-                out.append(compile_for(mmdm.mmd_bwd_kernel, arch, blocks, t, d_aligned, dict(
-                    a_ptr="*" + t, b_ptr="*" + t, gamma_ptr="*fp32", g_ptr="*fp32", ga_ptr="*fp32", scale="fp32",
+                out.append(compile_for(mmdm.mmd_bwd_kernel, arch, blocks, dtype, d_aligned, dict(
+                    a_ptr="*" + t, b_ptr="*" + u, gamma_ptr="*fp32", g_ptr="*fp32", ga_ptr="*fp32", scale="fp32",
                     n_a="i32", n_b="i32", D="i32", num_sigmas="i32"), PRECISION=precision))
 ptxas = [triton.knobs.nvidia.ptxas.path, triton.knobs.nvidia.ptxas_blackwell.path]  # the wrappers, if they ran
 shutil.rmtree(wrappers)
@@ -454,10 +455,12 @@ def test_kernels_compile_for_ampere_and_hopper_without_spills(cold_import):
     """No spill byte, the tensor cores where the precision asks for them (wgmma on sm_90, mma on sm_80), ptxas under
     its time limit, shared memory within the card's, for every compile a launch on an A100 or H100 can make."""
     assert all(p.startswith(tempfile.gettempdir()) for p in cold_import["ptxas"]), f"unbounded: {cold_import['ptxas']}"
-    assert sorted(map(tuple, cold_import["cases"])) == [("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee"),
-                                                        ("fp32", "tf32")], "fp32 never reaches the tensor cores"
+    assert sorted(map(tuple, cold_import["cases"])) == [
+        ("bf16", "bf16", "tf32"), ("bf16", "fp32", "ieee"), ("bf16", "fp32", "tf32"), ("fp16", "fp16", "tf32"),
+        ("fp32", "bf16", "ieee"), ("fp32", "bf16", "tf32"), ("fp32", "fp32", "ieee"), ("fp32", "fp32", "tf32")], \
+        "fp32 never reaches the tensor cores"
     compiled = cold_import["compiled"]
-    assert len(compiled) == 2 * len(GPU_SAFE_BLOCKS) * 4 * 2 * 3  # archs x tiles x cases x D % 16 x kernels
+    assert len(compiled) == 2 * len(GPU_SAFE_BLOCKS) * 8 * 2 * 3  # archs x tiles x cases x D % 16 x kernels
     for c in compiled:
         assert "error" not in c, c
         assert c["spill_stores"] == c["spill_loads"] == 0, f"spills registers to local memory: {c}"
@@ -483,7 +486,7 @@ if __name__ == "__main__":  # python -m tests.test_kernels: the compile table of
           f"{'smem B':>6} {'ptxas s':>7} {'all s':>5} tensor cores")
     for c in result["compiled"]:
         aligned = "yes" if c["d_aligned"] else "no"
-        head = f"{c['kernel']:19} sm_{c['arch']} {c['dtype']:5} {c['precision']:9} {aligned:4} |"
+        head = f"{c['kernel']:19} sm_{c['arch']} {c['dtype']:9} {c['precision']:9} {aligned:4} |"
         print(head, c["error"] if "error" in c else f"{c['registers']:4d} {c['spill_stores']:5d} /"
               f"{c['spill_loads']:4d} {c['shared']:6d} {c['ptxas_s']:7.2f} {c['seconds']:5.1f} "
               f"{'wgmma' if c['wgmma'] else 'mma' if c['mma'] else 'none (FMA)'}")
