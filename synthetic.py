@@ -197,8 +197,8 @@ def _hand(p, u):
               "circle": (.08 * math.cos(s), .08 * p.get("turn", 1) * math.sin(s)), "shake": (.07 * math.sin(2 * s), 0),
               "tap": (0, -.07 * abs(math.sin(s))),
               "arc": (.1 * math.cos(a + s / 2) - .1 * math.cos(a), .1 * math.sin(a + s / 2) - .1 * math.sin(a)),
-              "zigzag": ((.2 * u - .1) * math.cos(a) - .05 * math.sin(2 * s) * math.sin(a),
-                         (.2 * u - .1) * math.sin(a) + .05 * math.sin(2 * s) * math.cos(a))}[p["motion"]]
+              "zigzag": ((.12 * u - .06) * math.cos(a) - .08 * math.sin(2 * s) * math.sin(a),
+                         (.12 * u - .06) * math.sin(a) + .08 * math.sin(2 * s) * math.cos(a))}[p["motion"]]
     return x + dx, y + dy
 
 

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 import cra
 import data
-import synthetic
 import engine
 import metrics
+import synthetic
 from cra import CRAConfig
 from data import DataConfig
 from engine import rank_world

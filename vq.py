@@ -128,24 +128,30 @@ class ContextGRU(nn.Module):
         return c * clip_mask_of(mask, x.shape[1])[..., None].to(c.dtype)
 
 
-def context_prediction(z, c, clip_mask, W, lam, same_video=False):
+def context_prediction(z, c, clip_mask, W, lam, same_video=False, skip=0):
     """L_cp = sum_k L_k^cp (Eq. 1), h_tau = W_k c_tau: z_{tau+k} against the mean over other valid clips (same_video:
-    its video's, wav2vec's p_n). cp_acc: positive above all negatives (chance: cp_chance); cp_beaten: chance 0.5."""
+    its video's, wav2vec's p_n). cp_acc: positive above all negatives (chance: cp_chance); cp_beaten: chance 0.5.
+    skip > 0 (ours): k = skip + 1 .. skip + K, and clips within `skip` of the target are no negatives. Clips overlap
+    (13 frames, stride 4): with skip = 3 no target shares a frame with the context's clips or with a negative, so
+    matching the frames themselves (their noise, their exact pose) no longer tells the target apart."""
     pool = z[clip_mask]  # (V, d) every valid clip of the minibatch
-    video = clip_mask.nonzero()[:, 0]  # (V,) video of each pool row
+    video, when = clip_mask.nonzero().unbind(1)  # (V,) video and time of each pool row
     row = (torch.cumsum(clip_mask.flatten(), 0) - 1).view(clip_mask.shape)  # (B, T) row of z[b, t] in pool
     L_cp, hits, beaten, chance, n = z.new_zeros(()), 0, 0.0, 0.0, 0
-    for k, W_k in enumerate(W, 1):
+    for k, W_k in enumerate(W, skip + 1):
         valid = clip_mask[:, k:]  # (B, T - k): tau whose tau + k is inside the video
-        if not valid.any():
-            continue
-        h = W_k(c[:, :-k][valid])  # (P, d) h_tau
         pos = row[:, k:][valid]  # (P,) row of z_{tau+k}
+        mine = video[None, :] == video[pos][:, None]  # (P, V): the clips of the target's video
+        near = mine & ((when[None, :] - when[pos][:, None]).abs() <= skip)  # the target and the clips it overlaps
+        is_neg = (mine if same_video else torch.ones_like(mine)) & ~near  # (P, V)
+        keep = is_neg.any(1)  # a target needs a negative
+        if not keep.any():
+            continue
+        h = W_k(c[:, :-k][valid][keep])  # (P, d) h_tau
+        pos, is_neg = pos[keep], is_neg[keep]
         s = h @ pool.t()  # (P, d) @ (d, V) -> (P, V): z~^T h_tau for every clip
         s_pos = s.gather(1, pos[:, None]).squeeze(1)  # (P,) z_{tau+k}^T h_tau
-        is_neg = video[None, :] == video[pos][:, None] if same_video else torch.ones_like(s, dtype=torch.bool)
-        is_neg.scatter_(1, pos[:, None], False)  # (P, V): every clip (of its video) but the positive
-        n_neg = is_neg.sum(1)  # (P,) >= 1: a video with a positive has another clip
+        n_neg = is_neg.sum(1)  # (P,) >= 1
         neg = (F.logsigmoid(-s) * is_neg).sum(1) / n_neg  # E_{z~ ~ p_n} log sigma(-z~^T h_tau)
         L_cp = L_cp - (F.logsigmoid(s_pos) + lam * neg).mean()  # Eq. 1, mean over tau (the paper sums), sum over k
         hits += int((s_pos > s.masked_fill(~is_neg, float("-inf")).amax(1)).sum())
@@ -185,6 +191,7 @@ class VQConfig:
     lam: float = 1.0           # lambda of Eq. 1 (weight of the negatives); the paper gives no value
     negatives: str = "batch"   # Eq. 1's p_n: "batch" (other times and other videos) or "video" (same video only)
     center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
+    cp_skip: int = 0           # ours: Eq. 1 predicts z_{tau+k}, k = cp_skip + 1 .. cp_skip + K (context_prediction)
     reseed_every: int = 20     # steps; codes unused that long are re-seeded from batch features (0: off). Not in paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
 
@@ -247,7 +254,7 @@ class VQSign(nn.Module):
         z_hat, idx = self.quantize(z, clip_mask)
         z_q = z + (z_hat - z).detach()  # noop in forward pass, straight-through gradient in backward pass
         c = self.g(z_q, clip_mask)  # c_tau = g({z_hat_t}_{t <= tau}), (B, T, d)
-        L_cp, cp = context_prediction(z, c, clip_mask, self.W, cfg.lam, cfg.negatives == "video")  # Eq. 1
+        L_cp, cp = context_prediction(z, c, clip_mask, self.W, cfg.lam, cfg.negatives == "video", cfg.cp_skip)  # Eq. 1
         zv, zv_hat = z[clip_mask], z_hat[clip_mask]  # (V, d)
         # Not in the paper: means over d; summed, the commitment term swamped L_cp (one code per video)
         L_code = F.mse_loss(zv_hat, zv.detach())  # Eq. 2: ||sg(z_t) - z_hat_t||^2 / d, moves the codebook

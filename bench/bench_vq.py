@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-import synthetic  # noqa: E402
 import train  # noqa: E402
 from vq import VQConfig, VQSign  # noqa: E402
 

@@ -24,7 +24,6 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
 import synthetic  # noqa: E402
 import train  # noqa: E402
 from ablations import row_variant  # noqa: E402

@@ -91,7 +91,6 @@ def main(argv=None):
     p.add_argument("--out", default="docs/tokens.png")
     args = p.parse_args(argv)
     import imageio.v3 as iio
-    import cra
     import data
     import torch
     import train

@@ -1,7 +1,7 @@
 """Tests for data.py: clip framing against a brute-force count, the loaders on fixtures that mirror the real layouts
 (Phoenix-2014T with and without <name>/1/, CSL-Daily, a plain folder of GIFs and frame folders), every bad input, and
 the synthetic sign language (round trip through the loader, determinism, the split guarantees)."""
-import os, pickle, re, subprocess, sys
+import os, pickle, re
 
 import imageio.v3 as iio
 import numpy as np

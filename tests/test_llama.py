@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import llama
 import smollm2 as default_llm
 from smollm2 import smollm2
 from llama import LLaMA, LLaMAConfig, Tokenizer, read_safetensors_header

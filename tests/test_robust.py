@@ -314,7 +314,7 @@ def test_corrupt_log_line_or_truncated_checkpoint_named(tiny, tmp_path):
     train.main(args(tiny, out, "--vq_max_steps=2"))
     log = os.path.join(out, "vq", "log.jsonl")
     lines = open(log).read().splitlines()
-    open(log, "w").write(lines[0] + "\n" + lines[1][:-9] + "}\n")  # a line that ends but is not JSON
+    open(log, "w").write(lines[0] + "\n" + lines[1].replace(":", ";", 1) + "\n")  # a line that ends but is not JSON
     with pytest.raises(SystemExit, match=r"log.jsonl line 2: not a log line"):
         train.main(args(tiny, out, "--resume", "--vq_max_steps=4"))
     best = newest(out, "best")

@@ -1,7 +1,6 @@
 """Tests of synthetic.py: the generator's languages round-trip through data.py's loader, are deterministic, keep their
 splits' promises (held-out pairs, unseen sentences), and the travel language's primitives differ by movement alone."""
 import hashlib
-import math
 import os
 import subprocess
 import sys

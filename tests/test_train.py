@@ -9,9 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import data
-import synthetic
 import engine
+import synthetic
 import metrics
 import train
 from vq import VQConfig, VQSign
