@@ -52,6 +52,7 @@ class DataConfig:
     crop_min_area: float = 0.8    # a random crop keeps at least this fraction of the frame area (aspect kept)
     speed_jitter: float = 0.2     # a training video is resampled at a speed drawn from [1 - j, 1 + j]
     skip_bad: bool = False        # skip (and report) bad samples instead of stopping
+    cache_mb: int = 1024          # decoded videos a dataset keeps in memory (MB): a video is decoded once
 
 
 @dataclass
@@ -208,6 +209,7 @@ class SignDataset(torch.utils.data.Dataset):
     def __init__(self, samples: list[Sample], cfg: DataConfig, train: bool):
         self.samples, self.cfg, self.train = samples, cfg, train
         self.mean, self.std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.cache, self.cached_bytes = {}, 0  # path -> uint8 frames, never written to (augmentation copies)
 
     def __len__(self):
         return len(self.samples)
@@ -215,7 +217,11 @@ class SignDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         s, cfg = self.samples[i], self.cfg
         try:
-            v = read_frames(s)
+            v = self.cache.get(s.path)
+            if v is None:
+                v = read_frames(s)
+                if self.cached_bytes + v.nbytes <= cfg.cache_mb << 20:
+                    self.cache[s.path], self.cached_bytes = v, self.cached_bytes + v.nbytes
         except DataError as e:
             if not cfg.skip_bad:
                 raise

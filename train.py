@@ -7,10 +7,14 @@ SignLLM, or one of the paper's ablations (bench/ablations.py), each a subclass t
     python train.py --stage vq --resume             # continue out/vq/ from its newest checkpoint, exactly
     python train.py --stage vq --preset=phoenix --data.root=/data/PHOENIX-2014-T --vq.resnet_weights=resnet18.pth
 """
+import os
+# OpenMP's waiting threads sleep instead of spinning (ours; see main): set before torch starts OpenMP (so above the
+# other imports), a value of your own wins
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -44,7 +48,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"          # auto: cuda if available, else cpu
     num_workers: int = 1          # DataLoader processes (0: the main process)
-    threads: int = 0              # torch CPU threads (0: torch's default)
+    threads: int = 0              # torch CPU threads (0: torch's default, one per core)
     make_synthetic: bool = False  # write the synthetic sign language into a missing data.root
     synthetic_size: str = "default"  # tiny | default | large (synthetic.SIZES)
     synthetic_kind: str = "weather"  # the language make_synthetic writes: weather (the default) | travel
@@ -76,6 +80,7 @@ class TrainConfig:
     ft_grad_clip: float = 1.0
     ft_eval_every: int = 1000     # dev BLEU (greedy generation) and a checkpoint
     eval_beams: int = 4           # the final evaluation's beam size
+    eval_batch_size: int = 32     # videos translated at once (dev and test): generation's steps cost little more
     data: DataConfig = field(default_factory=DataConfig)
     vq: VQConfig = field(default_factory=VQConfig)
     cra: CRAConfig = field(default_factory=CRAConfig)
@@ -84,7 +89,7 @@ class TrainConfig:
 
 PRESETS = {
     # the CPU demo: 32 x 32 frames, a width-16 ResNet18, d = 128, M = 64
-    "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32,
+    "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32, "num_workers": 0,
                   "vq.width": 16, "vq.d": 128, "vq.M": 64, "vq.reseed_every": 10, "vq_lr": 0.003, "vq_min_lr": 0.0003,
                   # Eq. 1's negatives from the same video, its mean z removed: E_v cannot tell signers by colour
                   "vq.negatives": "video", "vq.center": True,
@@ -396,7 +401,7 @@ def translate_split(model, dataset, cfg, beams=None):
     def fn(b):
         b = engine.to_device(b, model.vq.codebook.device)
         return model.translate(b, beams), b["text"], b["name"]
-    parts = engine.over_split(dataset, cfg.ft_batch_size, cfg, fn, "translate")
+    parts = engine.over_split(dataset, cfg.eval_batch_size, cfg, fn, "translate")
     return tuple([x for p in parts for x in p[i]] for i in range(3))
 
 
@@ -475,6 +480,10 @@ def main(argv, Model=SignLLM, stages=None):
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    # measured in BENCHMARKS.md: another busy program made spinning threads (OpenMP's default) wait 10-20x longer
+    print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores, OpenMP wait policy "
+          f"{os.environ.get('OMP_WAIT_POLICY')} (waiting threads sleep, so a busy machine costs its share of the "
+          "cores, not a spin); --threads=N or OMP_WAIT_POLICY=ACTIVE to change")
     ddp = engine.join_processes(engine.device_of(cfg))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

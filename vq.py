@@ -87,9 +87,9 @@ class VisualEncoder(nn.Module):
     """E_v (Sec. 4.1): frames (B, N, 3, H, W) -> z (B, T, d), ResNet18 once per frame, then two Conv3Ds.
     frame_mask (B, N): each video's frames (its clip grid); clip_mask (B, T): its clips."""
 
-    def __init__(self, width, d, center=False):
+    def __init__(self, width, d, center=False, still=False):
         super().__init__()
-        self.center = center
+        self.center, self.still = center, still
         self.resnet = ResNet18(width)
         # Sec. 4.1's clips of 13 frames, stride 4, in one pass over the sequence: kernel 5, stride 2, twice, maps
         # 4T + 9 frames -> 2T + 3 -> T, and z_t sees frames 4t .. 4t + 12, clip t alone. The layout is our guess
@@ -100,6 +100,9 @@ class VisualEncoder(nn.Module):
     def forward(self, frames, frame_mask, clip_mask):
         N, T = int(frame_mask.sum(1).max()), clip_mask.shape[1]  # the longest video's frames and clips
         frames, frame_mask = frames[:, :N], frame_mask[:, :N]
+        if self.still:  # ours: each video's mean frame goes, and with it what stays still (background, body, signer)
+            m = frame_mask[:, :, None, None, None].to(frames.dtype)  # (B, N, 1, 1, 1)
+            frames = frames - (frames * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
         # the ResNet sees each video's own frames only: padding costs no compute and stays out of BatchNorm
         x = self.resnet(frames[frame_mask])  # (F, 3, H, W) -> (F, 8 width, h, w)
         maps = x.new_zeros(*frame_mask.shape, *x.shape[1:]).index_put_((frame_mask,), x)  # (B, N, 8 width, h, w)
@@ -192,6 +195,7 @@ class VQConfig:
     negatives: str = "batch"   # Eq. 1's p_n: "batch" (other times and other videos) or "video" (same video only)
     center: bool = False       # subtract each video's mean z before the BatchNorm (not in the paper)
     cp_skip: int = 0           # ours: Eq. 1 predicts z_{tau+k}, k = cp_skip + 1 .. cp_skip + K (context_prediction)
+    still: bool = False        # ours: E_v sees each frame minus its video's mean frame (what moves)
     reseed_every: int = 20     # steps; codes unused that long are re-seeded from batch features (0: off). Not in paper
     resnet_weights: str = ""   # torchvision resnet18 ImageNet weights (.pth or .safetensors); "" = random init
 
@@ -202,7 +206,7 @@ class VQSign(nn.Module):
         self.config = cfg = config
         if cfg.negatives not in ("batch", "video"):
             raise ValueError(f"VQConfig: negatives must be 'batch' or 'video', got {cfg.negatives!r}")
-        self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center)  # E_v
+        self.encoder = VisualEncoder(cfg.width, cfg.d, cfg.center, cfg.still)  # E_v
         if cfg.resnet_weights:
             load_resnet18_weights(self.encoder.resnet, cfg.resnet_weights)
         self.codebook = nn.Parameter(torch.randn(cfg.M, cfg.d))  # S^c, the character-level codebook (Sec. 3.2)

@@ -3,7 +3,7 @@ each thread setting, on a quiet machine and with one competing CPU-bound process
 compiler in the background), side by side in one run.
 
     python bench/bench_demo.py                       # the demo's data and LLM (made if missing); ~15 min
-    python bench/bench_demo.py --settings=auto,1,2-active,2-passive   # threads; OpenMP's wait policy
+    python bench/bench_demo.py --settings=before,auto,1   # before issue 24, now, one thread; or N-active, N-passive
 
 For each setting and load: the median seconds of a vq step and of an ft step, one vq and one greedy ft evaluation of
 dev (100 videos), the cra stage whole, the final beam-4 evaluation (20 + 20 videos, scaled to 100 + 100), and the
@@ -28,11 +28,14 @@ BUSY = "import os\nos.nice(19)\nwhile True:\n    pass\n"
 
 
 def run(args, settings, out):
-    """`python train.py args` in a subprocess with a thread setting: "auto" (train.py's default), a count, or
-    "N-active" / "N-passive" (N threads, OpenMP's wait policy) -> (wall seconds, stdout, the stage's log lines)."""
+    """`python train.py args` in a subprocess with a thread setting: "auto" (train.py's default), "before" (the
+    defaults before issue 24), a count, or "N-active" / "N-passive" (N threads, OpenMP's wait policy) -> (wall
+    seconds, stdout, the stage's log lines)."""
     count, _, policy = settings.partition("-")
-    extra = [] if count == "auto" else [f"--threads={count}"]
+    extra = [] if count in ("auto", "before") else [f"--threads={count}"]
     env = dict(os.environ, **({"OMP_WAIT_POLICY": policy.upper()} if policy else {}))
+    if count == "before":  # the defaults before issue 24: one loader process, no frame cache, OpenMP spinning
+        extra, env["OMP_WAIT_POLICY"] = ["--num_workers=1", "--data.cache_mb=0", "--eval_batch_size=8"], "ACTIVE"
     t0 = time.time()
     r = subprocess.run([sys.executable, "train.py", *args, *extra, f"--out_dir={out}", "--log_every=1000"], cwd=REPO,
                        capture_output=True, text=True, env=env)
@@ -66,7 +69,7 @@ def measure(settings, work, vq_steps, ft_steps):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", default="auto,1,2-active,2-passive")
+    p.add_argument("--settings", default="before,auto,1")
     p.add_argument("--vq_steps", type=int, default=25)
     p.add_argument("--ft_steps", type=int, default=12)
     p.add_argument("--work", default="")
@@ -77,6 +80,7 @@ def main(argv=None):
     if not os.path.exists(cfg.data.root):  # the demo's data, timed: the first thing a new user waits for
         run(["--stage=vq", "--vq_max_steps=1"], "auto", os.path.join(work, "warm"))
     data_s = time.time() - t0
+    base_s = 0.0  # 0: the work folder's base was reused
     if not os.path.exists(os.path.join(work, "base", "cra", "DONE")):
         t0 = time.time()
         run(["--stage=vq", "--vq_max_steps=20", "--vq_eval_every=100000", "--overwrite"], "auto",
@@ -103,7 +107,7 @@ def main(argv=None):
         finally:
             if busy:
                 busy.kill()
-    print(f"\ndata written in {data_s:.0f} s (0 if it existed); vq/cra base with SmolLM2's conversion {base_s:.0f} s")
+    print(f"\ndata written in {data_s:.0f} s, vq/cra base with SmolLM2's conversion {base_s:.0f} s (0: reused)")
     print("| load | threads | vq step s | vq eval s | cra s | ft step s | dev eval s | final eval s | stages min |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (load, s), f in results.items():

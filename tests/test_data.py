@@ -87,6 +87,28 @@ def test_collate_pads_to_the_clip_grid(tmp_path):
     assert batch["text"] == [f"sentence number {i}" for i in range(4)] and batch["skipped"] == []
 
 
+def test_decoded_videos_are_kept_within_the_budget(tmp_path, monkeypatch):
+    """SignDataset decodes a video once and keeps it while data.cache_mb allows: the items (augmented, seeded) are
+    those of a dataset without the cache, and the kept frames are never written to."""
+    rng = np.random.default_rng()
+    videos = [_video(rng, int(n), 21, 26) for n in rng.integers(3, 30, 4)]
+    samples = _folder_set(tmp_path, videos)
+    reads, real = [], data.read_frames
+    monkeypatch.setattr(data, "read_frames", lambda s: reads.append(s.name) or real(s))
+    kept = data.SignDataset(samples, data.DataConfig(image_size=17, speed_jitter=0.3), train=True)
+    plain = data.SignDataset(samples, data.DataConfig(image_size=17, speed_jitter=0.3, cache_mb=0), train=True)
+    for epoch in range(3):
+        for i in range(len(samples)):
+            torch.manual_seed(epoch * 10 + i)
+            a = kept[i]
+            torch.manual_seed(epoch * 10 + i)
+            b = plain[i]
+            assert torch.equal(a["frames"], b["frames"]) and a["frame_ids"].tolist() == b["frame_ids"].tolist()
+    assert sorted(reads) == sorted([s.name for s in samples] + [s.name for s in samples] * 3)  # kept once, plain 3x
+    assert all(np.array_equal(kept.cache[s.path], v) for s, v in zip(samples, videos)) and plain.cache == {}
+    assert kept.cached_bytes == sum(v.nbytes for v in videos)
+
+
 def test_resize_speed_jitter_and_crop(tmp_path):
     rng = np.random.default_rng()
     n = int(rng.integers(25, 45))

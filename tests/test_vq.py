@@ -122,19 +122,21 @@ def test_mask_validation():
 # ---------------------------------------------------------------------------------------------------------------------
 # Eq. 1 against a double loop
 
-def cp_loop(z, c, n_clips, W, lam, same_video):
-    """Eq. 1, written plainly: every (video, tau, k); negatives = every other valid clip of the batch (or of the
-    video)."""
+def cp_loop(z, c, n_clips, W, lam, same_video, skip=0):
+    """Eq. 1, written plainly: every (video, tau, k), k = skip + 1 .. skip + K; negatives = every other valid clip of
+    the batch (or of the video) but those of the target's video within `skip` clips of it; no negative: no term."""
     pool = [(b, t) for b in range(len(n_clips)) for t in range(n_clips[b])]
     total, hits, beaten, chance, count = 0.0, 0, 0.0, 0.0, 0
-    for k, W_k in enumerate(W, 1):
+    for k, W_k in enumerate(W, skip + 1):
         terms = []
         for b in range(len(n_clips)):
             for tau in range(n_clips[b] - k):
                 h = W_k(c[b, tau])
                 s_pos = torch.dot(z[b, tau + k], h)
                 negs = [torch.dot(z[b2, t2], h) for (b2, t2) in pool
-                        if (b2, t2) != (b, tau + k) and (b2 == b or not same_video)]
+                        if not (b2 == b and abs(t2 - (tau + k)) <= skip) and (b2 == b or not same_video)]
+                if not negs:
+                    continue
                 e_neg = sum(F.logsigmoid(-s) for s in negs) / len(negs)
                 terms.append(-(F.logsigmoid(s_pos) + lam * e_neg))
                 hits += int(all(s_pos > s for s in negs))
@@ -146,10 +148,10 @@ def cp_loop(z, c, n_clips, W, lam, same_video):
     return total, hits / count, beaten / count, chance / count
 
 
-@pytest.mark.parametrize("same_video", [False, True])
-def test_context_prediction_matches_double_loop(gen, same_video):
-    B, T, d, K = 3, 7, 11, 3
-    n_clips = [7, 2, 5]
+@pytest.mark.parametrize("same_video,skip", [(False, 0), (True, 0), (False, 2), (True, 3)])
+def test_context_prediction_matches_double_loop(gen, same_video, skip):
+    B, T, d, K = 3, 11, 11, 3
+    n_clips = [11, 2, 8]
     mask = torch.arange(T)[None] < torch.tensor(n_clips)[:, None]
     z = torch.randn(B, T, d, dtype=torch.float64, requires_grad=True)
     c = torch.randn(B, T, d, dtype=torch.float64, requires_grad=True)
@@ -158,8 +160,8 @@ def test_context_prediction_matches_double_loop(gen, same_video):
         z[~mask] = 1e4
         c[~mask] = -1e4
     lam = 0.7 + torch.rand(()).item()
-    L, cp = context_prediction(z, c, mask, W, lam, same_video)
-    L_ref, acc_ref, beaten_ref, chance_ref = cp_loop(z, c, n_clips, W, lam, same_video)
+    L, cp = context_prediction(z, c, mask, W, lam, same_video, skip)
+    L_ref, acc_ref, beaten_ref, chance_ref = cp_loop(z, c, n_clips, W, lam, same_video, skip)
     torch.testing.assert_close(L, L_ref, rtol=1e-12, atol=1e-12)
     assert cp["cp_acc"] == acc_ref
     assert math.isclose(cp["cp_beaten"], beaten_ref, rel_tol=1e-12) and math.isclose(cp["cp_chance"], chance_ref)
@@ -385,3 +387,18 @@ def test_kmeans_from_a_given_codebook_lowers_the_codebook_term_to_a_fixed_point(
     for m in range(13):
         if (nearest == m).any():
             torch.testing.assert_close(c_end[m], x[nearest == m].mean(0))
+
+
+def test_still_frames_leave_what_does_not_move(gen):
+    """VQConfig.still: E_v sees each frame minus its video's mean frame (over the video's own frames): a video with a
+    constant image added (another signer's background) gives the same z, and the padding never counts."""
+    model = small_model(still=True).eval()
+    b = random_batch([4, 2, 5])
+    z, _, _ = model.encode(b)
+    shifted = b["frames"].clone()
+    for i, n in enumerate([4, 2, 5]):
+        shifted[i, :data.padded_length(n)] += torch.randn(3, 37, 29)  # a still image, under every frame of the video
+    z2, _, _ = model.encode(dict(b, frames=shifted))
+    torch.testing.assert_close(z2, z, rtol=1e-4, atol=1e-4)
+    model.encoder.still = False  # the control: the same weights, seeing the frames themselves
+    assert not torch.allclose(model.encode(dict(b, frames=shifted))[0], model.encode(b)[0], atol=1e-3)
