@@ -31,7 +31,6 @@ import metrics
 import synthetic
 from cra import CRAConfig
 from data import DataConfig
-from engine import rank_world
 from llama import LLaMA, Tokenizer
 from signllm import SignLLM, SignLLMConfig
 from smollm2 import smollm2
@@ -91,10 +90,11 @@ PRESETS = {
     # the CPU demo: 32 x 32 frames, a width-16 ResNet18, d = 128, M = 64
     "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32, "num_workers": 0,
                   "vq.width": 16, "vq.d": 128, "vq.M": 64, "vq.reseed_every": 10, "vq_lr": 0.003, "vq_min_lr": 0.0003,
-                  # Eq. 1's negatives from the same video, its mean z removed: E_v cannot tell signers by colour
-                  "vq.negatives": "video", "vq.center": True,
-                  "vq_batch_size": 8, "vq_max_steps": 800, "vq_warmup": 50, "vq_eval_every": 200, "vq_ckpt_every": 200,
-                  "cra_refit": 50, "signllm.f_hidden": 512,
+                  # Eq. 1 against the same video's clips, mean z removed (no signer colour to tell); ours (issue 25):
+                  # E_v sees what moves, Eq. 1 skips the (13 - 1) // 4 clips sharing the context's frames (BENCHMARKS)
+                  "vq.negatives": "video", "vq.center": True, "vq.still": True,
+                  "vq.cp_skip": (data.CLIP_LEN - 1) // data.CLIP_STRIDE, "vq_batch_size": 8, "vq_max_steps": 800,
+                  "vq_warmup": 50, "vq_eval_every": 200, "vq_ckpt_every": 200, "cra_refit": 50, "signllm.f_hidden": 512,
                   "ft_batch_size": 8, "ft_max_steps": 500, "ft_eval_every": 100, "eval_beams": 4},
     # the paper's configuration (Sec. 4.1): 224 x 224 frames, ResNet18 width 64 (ImageNet weights via
     # --vq.resnet_weights), d = 1024, M = 256, 200 epochs; the prompt asks for the data set's language
@@ -138,7 +138,7 @@ def prepare_data(cfg):
     """The stage's folder claimed, then (train set, dev set, the (name, reason) of rows data.skip_bad left out)."""
     engine.claim(os.path.join(cfg.out_dir, cfg.stage), cfg)  # the one check: --resume or --overwrite
     root = cfg.data.root
-    if not os.path.exists(root) and rank_world()[0] == 0:
+    if not os.path.exists(root) and engine.rank_world()[0] == 0:
         if not cfg.make_synthetic:
             raise SystemExit(f"data.root {root} does not exist")
         print(f"writing the synthetic sign language to {root} (once) ...")
@@ -230,7 +230,7 @@ def fit(cfg, stage, model, train_set, loss_fn, evaluate, sched, collate_fn=data.
     every global batch (engine.micro_batches): 2 processes compute what 1 does with grad_accum 2."""
     out, device = os.path.join(cfg.out_dir, stage), next(model.parameters()).device
     opt = torch.optim.Adam([p for _, p in engine.trainable(model)], lr=sched.lr)
-    rank, A = rank_world()[0], cfg.grad_accum
+    rank, A = engine.rank_world()[0], cfg.grad_accum
     per_epoch = engine.steps_per_epoch(len(train_set), sched.batch_size, A, stage)
     total = sched.max_steps if sched.max_steps > 0 else sched.epochs * per_epoch
     net = engine.ddp(model, loss_fn, device)  # the loss as a module: what DDP synchronises
@@ -384,12 +384,12 @@ def stage_cra(cfg, Model=SignLLM):
     if not cfg.signllm.lambda_mmd:  # lambda_1 = 0, nothing to align: f and s0 go to ft as initialized
         engine.finish(out, cfg, untrained=model)
     else:
-        n, parts = cfg.cra_steps, rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: one empty item per micro
+        n, parts = cfg.cra_steps, engine.rank_world()[1] * cfg.grad_accum  # L_MMD needs no data: an empty item each
         sched = Schedule(lr=cfg.cra_lr, min_lr=cfg.cra_lr / 10, warmup=0, epochs=1, max_steps=n, batch_size=parts,
                          grad_clip=0, eval_every=max(n // 4, 1), ckpt_every=n)
         history = fit(cfg, "cra", model, list(range(n * parts)), mmd_step, lambda m: {"loss": m.L_mmd().item()},
                       sched, collate_fn=lambda items: {}, skipped=skipped)
-    if rank_world()[0] == 0:  # the stage is complete: its vocabulary replaces the old one only now
+    if engine.rank_world()[0] == 0:  # the stage is complete: its vocabulary replaces the old one only now
         engine.atomic_write(os.path.join(out, "vocab.txt"), lambda p: cra.save_vocab(p, res))
     return history
 
@@ -441,10 +441,10 @@ def stage_eval(cfg, Model=SignLLM):
         hyps, refs, names = translate_split(model, ds, cfg, beams=cfg.eval_beams)
         results[split] = score(cfg, hyps, refs)
         print(f"{split}: {len(hyps)} videos translated in {time.time() - t0:.1f} s (beam {cfg.eval_beams})")
-        if rank_world()[0] == 0:  # every rank holds every translation; rank 0 writes
+        if engine.rank_world()[0] == 0:  # every rank holds every translation; rank 0 writes
             engine.write_text(os.path.join(out, f"{split}.tsv"), "name\thypothesis\treference\n" + "".join(
                 f"{n}\t{h}\t{r}\n" for n, h, r in zip(names, hyps, refs)))
-    if rank_world()[0] == 0:
+    if engine.rank_world()[0] == 0:
         engine.write_text(os.path.join(out, "metrics.json"), json.dumps(results, indent=1))
     print(f"{'split':6s} " + " ".join(f"{k:>8s}" for k in results["dev"]))
     for split, s in results.items():
@@ -480,10 +480,9 @@ def main(argv, Model=SignLLM, stages=None):
     cfg = parse_args(argv)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    # measured in BENCHMARKS.md: another busy program made spinning threads (OpenMP's default) wait 10-20x longer
-    print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores, OpenMP wait policy "
-          f"{os.environ.get('OMP_WAIT_POLICY')} (waiting threads sleep, so a busy machine costs its share of the "
-          "cores, not a spin); --threads=N or OMP_WAIT_POLICY=ACTIVE to change")
+    print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')} (waiting threads sleep: a busy machine costs its share of the cores, "
+          "not a spin); --threads=N or OMP_WAIT_POLICY=ACTIVE to change")
     ddp = engine.join_processes(engine.device_of(cfg))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
