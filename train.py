@@ -479,8 +479,8 @@ def main(argv, Model=SignLLM, stages=None):
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     print(f"threads: {torch.get_num_threads()} of {os.cpu_count()} cores, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')} (waiting threads sleep: a busy machine costs its share of the cores, "
-          "not a spin); --threads=N or OMP_WAIT_POLICY=ACTIVE to change")
+          f"{os.environ.get('OMP_WAIT_POLICY')} (train.py's default PASSIVE: waiting threads sleep, so "
+          "a busy machine costs its share of the cores); --threads=N or OMP_WAIT_POLICY=ACTIVE to change")
     ddp = engine.join_processes(engine.device_of(cfg))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
