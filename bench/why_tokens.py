@@ -5,9 +5,12 @@
 - what the codebook does to z: NMI with the primitives of the codes, and of k-means on z with the same M;
 - whether E_v sees motion: the probe's accuracy on dev clips whose frames were reversed in time inside each video
   (the same frames, the movement backwards: a primitive told by its path's direction cannot survive it);
-- (with --ft) how the codes move in fine-tuning: the share of dev clips whose code changes, NMI before and after.
+- (with --ft) how the codes move in fine-tuning: the share of dev clips whose code changes, NMI before and after;
+- (with --whiten) whether the nearest-code rule would find the primitives in another metric: the cra stage's refit
+  (50 Lloyd steps from the codebook over the training clips' z) in z, and in PCA-whitened z (training statistics;
+  eigenvalues floored at eps times the largest), each scored by NMI on dev.
 
-    python bench/why_tokens.py --ckpt out/vq [--ft out/ft] [--data.root=data/synthetic]
+    python bench/why_tokens.py --ckpt out/vq [--ft out/ft] [--whiten] [--data.root=data/synthetic]
 """
 import argparse
 import os
@@ -69,6 +72,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default="out/vq", help="a vq stage's folder (or a cra one: its refitted codebook)")
     p.add_argument("--ft", default="", help="an ft stage's folder: how the codes moved in fine-tuning")
+    p.add_argument("--whiten", action="store_true", help="the refit in z vs in whitened z")
     p.add_argument("--threads", type=int, default=1)
     args, rest = p.parse_known_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,6 +96,18 @@ def main(argv=None):
     print(f"codes vs primitives: purity {purity:.3f}, NMI {nmi:.3f}; k-means on z (M = {cfg.vq.M}): purity / NMI "
           f"{token_alignment(km_codes, dev['prim'])[0]:.3f} / {token_alignment(km_codes, dev['prim'])[1]:.3f}; "
           f"codes used on dev: {len(set(dev['code'].tolist()))}")
+    if args.whiten:
+        x, xd, cb = tr["z"].double(), dev["z"].double(), vq.codebook.detach().double()
+        refit = lambda f: torch.cdist(f(xd), kmeans(f(x), cfg.vq.M, iters=50, init=f(cb))).argmin(1)  # noqa: E731
+        print(f"refit in z: NMI {token_alignment(refit(lambda v: v), dev['prim'])[1]:.3f}")
+        mu = x.mean(0)
+        e, U = torch.linalg.eigh(torch.cov((x - mu).T))  # z's covariance over the training clips: U diag(e) U^T
+        print(f"z's covariance: its 10 largest of {len(e)} eigenvalues hold {float(e[-10:].sum() / e.sum()):.0%} "
+              "of the variance")
+        for eps in (1e-3, 1e-2, 1e-1):
+            white = U / (e + eps * e.max()).sqrt()  # (d, d): (z - mu) @ white has (near) identity covariance
+            codes = refit(lambda v: (v - mu) @ white)  # noqa: B023
+            print(f"refit in whitened z (eps {eps:g}): NMI {token_alignment(codes, dev['prim'])[1]:.3f}")
     if args.ft:
         _, ft_tensors = engine.read(args.ft, "best")
         vq.load_state_dict({k[9:]: v for k, v in ft_tensors.items() if k.startswith("model.vq.")}, strict=True)
