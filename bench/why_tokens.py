@@ -7,7 +7,7 @@
   (the same frames, the movement backwards: a primitive told by its path's direction cannot survive it);
 - (with --ft) how the codes move in fine-tuning: the share of dev clips whose code changes, NMI before and after;
 - (with --whiten) whether the nearest-code rule would find the primitives in another metric: the cra stage's refit
-  (50 Lloyd steps from the codebook over the training clips' z) in z, and in PCA-whitened z (training statistics;
+  (cra_refit Lloyd steps from the codebook over the training clips' z) in z, and in PCA-whitened z (training statistics;
   eigenvalues floored at eps times the largest), each scored by NMI on dev.
 
     python bench/why_tokens.py --ckpt out/vq [--ft out/ft] [--whiten] [--data.root=data/synthetic]
@@ -98,7 +98,7 @@ def main(argv=None):
           f"codes used on dev: {len(set(dev['code'].tolist()))}")
     if args.whiten:
         x, xd, cb = tr["z"].double(), dev["z"].double(), vq.codebook.detach().double()
-        refit = lambda f: torch.cdist(f(xd), kmeans(f(x), cfg.vq.M, iters=50, init=f(cb))).argmin(1)  # noqa: E731
+        refit = lambda f: torch.cdist(f(xd), kmeans(f(x), cfg.vq.M, iters=cfg.cra_refit, init=f(cb))).argmin(1)  # noqa: E731
         print(f"refit in z: NMI {token_alignment(refit(lambda v: v), dev['prim'])[1]:.3f}")
         mu = x.mean(0)
         e, U = torch.linalg.eigh(torch.cov((x - mu).T))  # z's covariance over the training clips: U diag(e) U^T
