@@ -91,7 +91,9 @@ PRESETS = {
     "synthetic": {"data.root": "data/synthetic", "make_synthetic": True, "data.image_size": 32, "num_workers": 0,
                   "vq.width": 16, "vq.d": 128, "vq.M": 64, "vq.reseed_every": 10, "vq_lr": 0.003, "vq_min_lr": 0.0003,
                   # Eq. 1's negatives from the same video, its mean z removed: E_v cannot tell signers by colour
-                  "vq.negatives": "video", "vq.center": True, "vq_batch_size": 8, "vq_max_steps": 800,
+                  "vq.negatives": "video", "vq.center": True, "vq_batch_size": 8, "vq_max_steps": 1600,
+                  # ours: E_v sees what moves; Eq. 1's targets skip the clips that share frames with the context's last
+                  "vq.still": True, "vq.cp_skip": (data.CLIP_LEN - 1) // data.CLIP_STRIDE,
                   "vq_warmup": 50, "vq_eval_every": 200, "vq_ckpt_every": 200, "cra_refit": 50, "signllm.f_hidden": 512,
                   "ft_batch_size": 8, "ft_max_steps": 500, "ft_eval_every": 100, "eval_beams": 4},
     # the paper's configuration (Sec. 4.1): 224 x 224 frames, ResNet18 width 64 (ImageNet weights via

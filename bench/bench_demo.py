@@ -7,8 +7,8 @@ compiler in the background), side by side in one run.
 
 For each setting and load: the median seconds of a vq step and of an ft step, one vq and one greedy ft evaluation of
 dev (100 videos), the cra stage whole, the final beam-4 evaluation (20 + 20 videos, scaled to 100 + 100), and the
-demo's stages projected from them (800 vq steps, 4 vq evaluations, cra, 500 ft steps, 5 dev evaluations, the final
-evaluation); data generation and SmolLM2's conversion are timed once, before.
+demo's stages projected from them (the preset's vq steps and evaluations, cra, its ft steps and dev evaluations,
+the final evaluation); data generation and SmolLM2's conversion are timed once, before.
 """
 import argparse
 import json
@@ -111,8 +111,9 @@ def main(argv=None):
     print("| load | threads | vq step s | vq eval s | cra s | ft step s | dev eval s | final eval s | stages min |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (load, s), f in results.items():
-        demo = (800 * f["vq_step"] + 4 * f["vq_eval"] + f["cra"] + 500 * f["ft_step"] + 5 * f["dev_eval"]
-                + f["final_eval"]) / 60
+        n_vq, n_ft = cfg.vq_max_steps, cfg.ft_max_steps  # the preset's budget, evaluated every *_eval_every
+        demo = (n_vq * f["vq_step"] + -(-n_vq // cfg.vq_eval_every) * f["vq_eval"] + f["cra"] + n_ft * f["ft_step"]
+                + -(-n_ft // cfg.ft_eval_every) * f["dev_eval"] + f["final_eval"]) / 60
         f["demo_min"] = demo
         print(f"| {load} | {s} | {f['vq_step']:.3f} | {f['vq_eval']:.1f} | {f['cra']:.1f} | {f['ft_step']:.3f} | "
               f"{f['dev_eval']:.1f} | {f['final_eval']:.1f} | {demo:.1f} |")
