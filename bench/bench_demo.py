@@ -110,10 +110,11 @@ def main(argv=None):
     print(f"\ndata written in {data_s:.0f} s, vq/cra base with SmolLM2's conversion {base_s:.0f} s (0: reused)")
     print("| load | threads | vq step s | vq eval s | cra s | ft step s | dev eval s | final eval s | stages min |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    n_vq, n_ft = cfg.vq_max_steps, cfg.ft_max_steps  # the preset's budget, evaluated every *_eval_every and at the end
+    n_vq_eval, n_dev_eval = -(-n_vq // cfg.vq_eval_every), -(-n_ft // cfg.ft_eval_every)
     for (load, s), f in results.items():
-        n_vq, n_ft = cfg.vq_max_steps, cfg.ft_max_steps  # the preset's budget, evaluated every *_eval_every
-        demo = (n_vq * f["vq_step"] + -(-n_vq // cfg.vq_eval_every) * f["vq_eval"] + f["cra"] + n_ft * f["ft_step"]
-                + -(-n_ft // cfg.ft_eval_every) * f["dev_eval"] + f["final_eval"]) / 60
+        demo = (n_vq * f["vq_step"] + n_vq_eval * f["vq_eval"] + f["cra"] + n_ft * f["ft_step"]
+                + n_dev_eval * f["dev_eval"] + f["final_eval"]) / 60
         f["demo_min"] = demo
         print(f"| {load} | {s} | {f['vq_step']:.3f} | {f['vq_eval']:.1f} | {f['cra']:.1f} | {f['ft_step']:.3f} | "
               f"{f['dev_eval']:.1f} | {f['final_eval']:.1f} | {demo:.1f} |")
